@@ -1,0 +1,37 @@
+"""PoWER-BERT: progressive word-vector elimination for fast BERT-family inference.
+
+Quick start::
+
+    from transformers import AutoModelForSequenceClassification
+    from powerbert_kernels import apply_power_bert
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    apply_power_bert(model, retention=[76, 62, 55, 52, 42, 40, 36, 24, 17, 13, 11, 3])
+    logits = model(**batch).logits
+"""
+
+from . import ops
+from .models import (
+    PowerBertModelOutput,
+    apply_power_bert,
+    flop_ratio,
+    is_patched,
+    model_flops,
+    remove_power_bert,
+)
+from .ops import BACKENDS, BackendUnavailableError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "PowerBertModelOutput",
+    "__version__",
+    "apply_power_bert",
+    "flop_ratio",
+    "is_patched",
+    "model_flops",
+    "ops",
+    "remove_power_bert",
+]

@@ -1,0 +1,100 @@
+"""The interface an architecture implements to be patched, and the registry of implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class EncoderAdapter:
+    """How to run one BERT-family architecture piece by piece.
+
+    The patched forward calls these in order for every layer: :meth:`qkv`, the attention op,
+    :meth:`attention_output`, the extract step, :meth:`feed_forward`. Subclasses set the class names
+    they accept and implement the methods with the model's own submodules, so patching keeps every
+    weight in place.
+    """
+
+    model_types: tuple[str, ...] = ()
+    """``config.model_type`` values this adapter serves."""
+    base_classes: tuple[str, ...] = ()
+    """Class names of the bare encoder models (e.g. ``BertModel``)."""
+    cls_heads: tuple[str, ...] = ()
+    """Class names of task models whose head reads only the CLS vector (the ones that can be patched)."""
+
+    def check_config(self, config) -> None:
+        """Raise ``ValueError`` for configurations the patched forward cannot reproduce exactly."""
+
+    def base_model(self, model: nn.Module) -> nn.Module:
+        """The bare encoder inside ``model`` (``model`` itself for a bare encoder)."""
+        return getattr(model, model.base_model_prefix)
+
+    def embed(self, base: nn.Module, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
+        """Embeddings: (B, N, D)."""
+        raise NotImplementedError
+
+    def layers(self, base: nn.Module) -> Sequence[nn.Module]:
+        """The encoder layers in order (a shared layer may appear several times)."""
+        raise NotImplementedError
+
+    def qkv(self, layer: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """Project ``hidden`` (B, n, D) to q, k, v, each (B, n, H, d), and return the score scale."""
+        raise NotImplementedError
+
+    def attention_output(self, layer: nn.Module, attn: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Output projection, dropout, residual and LayerNorm of the attention block: (B, n, D)."""
+        raise NotImplementedError
+
+    def feed_forward(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The layer's feed-forward block with its residual and LayerNorm: (B, n, D)."""
+        raise NotImplementedError
+
+    def pool(self, base: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The pooler output from the CLS vector ``hidden[:, 0]``, or None if the model has no pooler."""
+        return None
+
+    def dims(self, config) -> dict[str, int]:
+        """``hidden``, ``heads``, ``intermediate``, ``layers``: what the FLOP count needs."""
+        return {
+            "hidden": config.hidden_size,
+            "heads": config.num_attention_heads,
+            "intermediate": config.intermediate_size,
+            "layers": config.num_hidden_layers,
+        }
+
+
+_ADAPTERS: dict[str, EncoderAdapter] = {}
+
+
+def register_adapter(adapter: EncoderAdapter) -> EncoderAdapter:
+    """Make ``adapter`` serve every model type it lists."""
+    for model_type in adapter.model_types:
+        _ADAPTERS[model_type] = adapter
+    return adapter
+
+
+def registered_model_types() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def adapter_for(model: nn.Module) -> EncoderAdapter:
+    """The adapter for ``model``, or a ``TypeError`` that says which models can be patched."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    adapter = _ADAPTERS.get(model_type)
+    name = type(model).__name__
+    if adapter is None:
+        raise TypeError(
+            f"model: unsupported model type {model_type!r} ({name}); PoWER-BERT patching supports "
+            f"{registered_model_types()}"
+        )
+    accepted = adapter.base_classes + adapter.cls_heads
+    if name not in accepted:
+        raise TypeError(
+            f"model: {name} is not supported: PoWER-BERT removes word-vectors, so only a bare encoder "
+            f"or a head that reads the CLS vector can be patched ({', '.join(accepted)})"
+        )
+    adapter.check_config(config)
+    return adapter

@@ -1,0 +1,61 @@
+"""BERT (``BertModel`` and the ``BertFor*`` heads that read the CLS vector)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .base import EncoderAdapter, register_adapter
+
+
+class BertAdapter(EncoderAdapter):
+    model_types = ("bert",)
+    base_classes = ("BertModel",)
+    cls_heads = ("BertForSequenceClassification", "BertForMultipleChoice", "BertForNextSentencePrediction")
+
+    def check_config(self, config) -> None:
+        if getattr(config, "is_decoder", False):
+            raise ValueError("model: a BERT decoder (config.is_decoder=True) cannot be patched; PoWER-BERT "
+                             "applies to bidirectional encoders")
+        position = getattr(config, "position_embedding_type", "absolute")
+        if position not in (None, "absolute"):
+            raise ValueError(f"model: position_embedding_type={position!r} is not supported (only 'absolute')")
+
+    def base_model(self, model: nn.Module) -> nn.Module:
+        return model if type(model).__name__ in self.base_classes else model.bert
+
+    def embed(self, base, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
+        return base.embeddings(
+            input_ids=input_ids,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+        )
+
+    def layers(self, base: nn.Module) -> Sequence[nn.Module]:
+        return base.encoder.layer
+
+    def qkv(self, layer, hidden):
+        attn = layer.attention.self
+        B, n, _ = hidden.shape
+        shape = (B, n, attn.num_attention_heads, attn.attention_head_size)
+        return (
+            attn.query(hidden).view(shape),
+            attn.key(hidden).view(shape),
+            attn.value(hidden).view(shape),
+            attn.attention_head_size**-0.5,
+        )
+
+    def attention_output(self, layer, attn, hidden):
+        return layer.attention.output(attn, hidden)
+
+    def feed_forward(self, layer, hidden):
+        return layer.output(layer.intermediate(hidden), hidden)
+
+    def pool(self, base, hidden):
+        return base.pooler(hidden) if base.pooler is not None else None
+
+
+register_adapter(BertAdapter())

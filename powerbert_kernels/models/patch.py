@@ -1,0 +1,242 @@
+"""Drop-in patching of Hugging Face BERT-family models with PoWER-BERT's word-vector elimination."""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+from .. import ops
+from .architectures import EncoderAdapter, adapter_for
+from .extract import Extract, HardExtract
+from .retention import CONFIG_EXCLUDE_SELF_KEY, CONFIG_KEY, Retention, validate_retention
+
+_STATE = "_power_bert"
+
+
+@dataclass
+class PowerBertModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
+    """The usual BERT output plus where the surviving vectors came from.
+
+    ``last_hidden_state`` is (B, l_L, D): only the vectors kept by the last layer, in input order.
+
+    Attributes:
+        kept_indices: (B, l_L) int64, the input position of every vector of ``last_hidden_state``.
+        kept_attention_mask: (B, l_L) bool, True where that vector is a real token (not padding).
+        layer_kept_indices: one (B, l_j) int64 tensor per layer: input positions kept after layer j.
+    """
+
+    kept_indices: torch.LongTensor | None = None
+    kept_attention_mask: torch.BoolTensor | None = None
+    layer_kept_indices: tuple[torch.LongTensor, ...] | None = None
+
+
+@dataclass
+class _PatchState:
+    adapter: EncoderAdapter
+    base: nn.Module
+    head_hook: object | None
+    exclude_self: bool
+    last_kept_indices: torch.Tensor | None = None
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether ``model`` (or the encoder inside it) is patched."""
+    return hasattr(model, _STATE) or any(hasattr(m, _STATE) for m in model.children())
+
+
+def _patched_base(model: nn.Module) -> nn.Module | None:
+    if hasattr(model, _STATE):
+        return model
+    for child in model.children():
+        if hasattr(child, _STATE):
+            return child
+    return None
+
+
+def apply_power_bert(
+    model: nn.Module,
+    retention: Retention | None = None,
+    *,
+    exclude_self: bool | None = None,
+    extracts: list[Extract] | None = None,
+) -> nn.Module:
+    """Patch a loaded BERT-family model in place so each encoder layer keeps only some word-vectors.
+
+    The weights stay where they are; attention of layer j runs on the vectors it receives and returns
+    their significance, the extract step keeps the CLS vector and the most significant others (in
+    order), and the feed-forward block and every later layer run on the kept ones only.
+
+    Args:
+        model: a ``BertModel``, or a ``BertFor*`` head that reads the CLS vector
+            (sequence classification, multiple choice, next sentence prediction).
+        retention: one entry per encoder layer, non-increasing: ints (vectors kept, at most the
+            model's maximum positions) or floats in (0, 1] (fractions of the padded length). ``None``
+            takes the configuration stored in ``model.config`` (by an earlier patch, saved with
+            ``save_pretrained``).
+        exclude_self: leave a vector's attention to itself out of its significance; ``None`` takes
+            ``model.config``'s setting (default False).
+        extracts: advanced: one :class:`Extract` module per layer instead of the hard extract built
+            from ``retention`` (the configuration search uses soft-extract modules here).
+
+    Returns:
+        ``model``, patched. Its configuration is stored in ``model.config`` so that
+        ``save_pretrained``/``from_pretrained`` followed by ``apply_power_bert(model)`` restores it.
+    """
+    adapter = adapter_for(model)
+    base = adapter.base_model(model)
+    config = model.config
+    num_layers = len(adapter.layers(base))
+    if retention is None and extracts is None:
+        retention = getattr(config, CONFIG_KEY, None)
+        if retention is None:
+            raise ValueError(
+                "retention: none given and model.config has no stored PoWER-BERT configuration "
+                f"({CONFIG_KEY}); pass one entry per encoder layer ({num_layers})"
+            )
+    if extracts is None:
+        retention = validate_retention(retention, num_layers, config.max_position_embeddings)
+        extracts = [HardExtract(entry) for entry in retention]
+    elif len(extracts) != num_layers:
+        raise ValueError(f"extracts must have one module per encoder layer ({num_layers}), got {len(extracts)}")
+    if exclude_self is None:
+        exclude_self = bool(getattr(config, CONFIG_EXCLUDE_SELF_KEY, False))
+
+    if hasattr(base, _STATE):
+        remove_power_bert(model)
+    if retention is not None:
+        setattr(config, CONFIG_KEY, list(retention))
+    setattr(config, CONFIG_EXCLUDE_SELF_KEY, bool(exclude_self))
+
+    base.power_extract = nn.ModuleList(extracts)
+    head_hook = None
+    if model is not base:
+        head_hook = model.register_forward_hook(_attach_kept_indices)
+    setattr(base, _STATE, _PatchState(adapter, base, head_hook, bool(exclude_self)))
+    base.forward = types.MethodType(_power_bert_forward, base)
+    return model
+
+
+def remove_power_bert(model: nn.Module) -> nn.Module:
+    """Undo :func:`apply_power_bert` in place (the stored configuration stays in ``model.config``)."""
+    base = _patched_base(model)
+    if base is None:
+        raise ValueError("model: it is not patched with apply_power_bert")
+    state: _PatchState = getattr(base, _STATE)
+    if state.head_hook is not None:
+        state.head_hook.remove()
+    del base.forward
+    del base.power_extract
+    delattr(base, _STATE)
+    return model
+
+
+def _attach_kept_indices(module, args, output):
+    # Task heads build their own output from the encoder's; carry the kept positions over so a caller
+    # can map surviving vectors back to input tokens from any patched model.
+    base = _patched_base(module)
+    if base is not None and hasattr(output, "keys"):
+        object.__setattr__(output, "kept_indices", getattr(base, _STATE).last_kept_indices)
+    return output
+
+
+def _key_padding_mask(attention_mask, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    if attention_mask is None:
+        return torch.ones(batch, length, dtype=torch.bool, device=device)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+        raise ValueError(
+            f"attention_mask must have shape (batch, seq_len) = ({batch}, {length}) with 1 for real tokens "
+            f"and 0 for padding, got {shape}"
+        )
+    if tuple(attention_mask.shape) != (batch, length):
+        raise ValueError(
+            f"attention_mask must have shape (batch, seq_len) = ({batch}, {length}), got {tuple(attention_mask.shape)}"
+        )
+    mask = attention_mask.to(device=device, dtype=torch.bool)
+    # One host sync per forward: a row without any real token has no CLS vector to keep and no defined
+    # significance, so it is refused here rather than producing NaNs deep in the encoder.
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError("attention_mask: every row needs at least one real token (a 1)")
+    return mask
+
+
+_UNSUPPORTED_INPUTS = ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "head_mask")
+
+
+def _power_bert_forward(
+    self: nn.Module,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    output_attentions: bool | None = None,
+    output_hidden_states: bool | None = None,
+    return_dict: bool | None = None,
+    **kwargs,
+):
+    """Patched encoder forward (bound to the bare encoder by :func:`apply_power_bert`).
+
+    Inputs as the stock model's: ``input_ids`` or ``inputs_embeds`` (B, N[, D]), ``attention_mask``
+    (B, N) with 1 for real tokens. Returns :class:`PowerBertModelOutput` (or its tuple).
+    """
+    state: _PatchState = getattr(self, _STATE)
+    adapter = state.adapter
+    for name in _UNSUPPORTED_INPUTS:
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{name} is not supported by a PoWER-BERT patched encoder")
+    if output_attentions:
+        raise ValueError(
+            "output_attentions is not supported by a PoWER-BERT patched model: its attention never "
+            "materialises the probability matrix"
+        )
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    config = self.config
+    if output_hidden_states is None:
+        output_hidden_states = bool(getattr(config, "output_hidden_states", False))
+    if return_dict is None:
+        return_dict = bool(getattr(config, "return_dict", True))
+    plain = "eager" if getattr(config, "_attn_implementation", None) == "eager" else "sdpa"
+
+    hidden = adapter.embed(self, input_ids, token_type_ids, position_ids, inputs_embeds)
+    B, N = hidden.shape[:2]
+    mask = _key_padding_mask(attention_mask, B, N, hidden.device)
+    positions = None
+    layer_positions = []
+    all_hidden = [hidden] if output_hidden_states else None
+    for layer, extract in zip(adapter.layers(self), self.power_extract, strict=True):
+        received = hidden.shape[1]
+        q, k, v, scale = adapter.qkv(layer, hidden)
+        if extract.needs_significance(received, N):
+            attn, significance = ops.attention_with_significance(
+                q, k, v, mask, scale=scale, exclude_self=state.exclude_self
+            )
+        else:
+            attn, significance = ops.attention(q, k, v, mask, scale=scale, implementation=plain), None
+        hidden_attn = adapter.attention_output(layer, attn, hidden)
+        hidden_attn, mask, kept = extract(hidden_attn, significance, mask, N)
+        if kept is not None:
+            positions = kept if positions is None else positions.gather(1, kept)
+        layer_positions.append(positions)
+        hidden = adapter.feed_forward(layer, hidden_attn)
+        if output_hidden_states:
+            all_hidden.append(hidden)
+
+    all_positions = torch.arange(N, device=hidden.device).expand(B, N)
+    layer_positions = tuple(all_positions if p is None else p for p in layer_positions)
+    kept_indices = layer_positions[-1] if layer_positions else all_positions
+    state.last_kept_indices = kept_indices
+    output = PowerBertModelOutput(
+        last_hidden_state=hidden,
+        pooler_output=adapter.pool(self, hidden),
+        hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        kept_indices=kept_indices,
+        kept_attention_mask=mask,
+        layer_kept_indices=layer_positions,
+    )
+    return output if return_dict else output.to_tuple()

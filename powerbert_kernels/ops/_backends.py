@@ -1,0 +1,15 @@
+"""Registration of the optional backends (Triton kernels, compiled extension).
+
+Each is imported only if it can be; what failed is kept as the reason the dispatcher reports.
+"""
+
+from __future__ import annotations
+
+from . import _dispatch
+
+try:
+    from ..triton import register as _register_triton
+except Exception as exc:  # ImportError, or a Triton build that fails on import
+    _dispatch.set_missing_reason("triton", f"Triton is not usable: {type(exc).__name__}: {exc}")
+else:
+    _register_triton()

@@ -1,0 +1,299 @@
+"""Self-attention that also returns PoWER-BERT's significance score of every word-vector.
+
+``significance[b, w] = sum_h sum_{q real} softmax(q_h . k_h * scale)[q, w]``: the total attention that
+vector ``w`` receives over all heads and all real query rows (padded query rows do not vote, padded keys
+receive probability 0). This is the ranking PoWER-BERT's extract layer uses.
+
+The public entry point :func:`attention_with_significance` checks its arguments, picks a backend (see
+:mod:`powerbert_kernels.ops._dispatch`) and calls the custom op ``powerbert::attention_with_significance``.
+:func:`attention_with_significance_ref` is the pure-PyTorch reference (fp32 accumulation) that the other
+backends are tested against. :func:`attention` is the same attention without significance (PyTorch's
+SDPA), used for layers that keep every vector.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
+
+from . import _dispatch
+from ._checks import check_float, check_mask, check_same_device, check_tensor
+
+OP = "attention_with_significance"
+
+# The reference materialises the probabilities of a block of query rows at a time: at most this many
+# fp32 scores (16 MiB) live at once, so its peak memory stays near that of a fused attention while
+# each block is still a large batched matmul.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _masked_score_bias(key_padding_mask: torch.Tensor) -> torch.Tensor:
+    # A finite large negative bias rather than -inf: masked keys still get exactly 0 probability when the
+    # row has any real key (exp underflows), and a row without any real key attends uniformly instead of
+    # producing NaN (HF's eager attention behaves the same). Every backend follows this convention.
+    bias = torch.zeros(key_padding_mask.shape, dtype=torch.float32, device=key_padding_mask.device)
+    return bias.masked_fill_(~key_padding_mask, torch.finfo(torch.float32).min)
+
+
+def attention_with_significance_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    scale: float | None = None,
+    exclude_self: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch reference of :func:`attention_with_significance` (fp32 accumulation).
+
+    Args:
+        q, k, v: (B, N, H, d), any float dtype.
+        key_padding_mask: (B, N) bool, True = real token.
+        scale: score scale, default ``d ** -0.5``.
+        exclude_self: subtract each real vector's attention to itself from its significance.
+
+    Returns:
+        out: (B, N, H*d) in the dtype of ``q``; significance: (B, N) float32.
+    """
+    return _reference(q, k, v, key_padding_mask, scale, exclude_self, with_significance=True)
+
+
+def _reference(q, k, v, key_padding_mask, scale, exclude_self, with_significance):
+    B, N, H, d = q.shape
+    scale = d**-0.5 if scale is None else float(scale)
+    qf = q.transpose(1, 2).float()
+    kt = k.transpose(1, 2).float().transpose(2, 3)
+    vf = v.transpose(1, 2).float()
+    bias = _masked_score_bias(key_padding_mask)[:, None, None, :]
+    votes = key_padding_mask.float()
+    block = max(1, min(N, _BLOCK_ELEMENTS // max(1, B * H * N)))
+    outs = []
+    significance = torch.zeros(B, N, dtype=torch.float32, device=q.device)
+    for start in range(0, N, block):
+        stop = min(N, start + block)
+        scores = torch.matmul(qf[:, :, start:stop], kt).mul_(scale).add_(bias)
+        probs = torch.softmax(scores, dim=-1)
+        outs.append(torch.matmul(probs, vf))
+        if not with_significance:
+            continue
+        # Column sums over heads and real query rows as one batched matvec: (B, 1, H*rows) @ (B, H*rows, N).
+        w = votes[:, None, start:stop].expand(B, H, stop - start).reshape(B, 1, -1)
+        significance += torch.bmm(w, probs.reshape(B, -1, N)).squeeze(1)
+        if exclude_self:
+            diag = torch.diagonal(probs, offset=start, dim1=-2, dim2=-1)
+            significance[:, start:stop] -= diag.sum(dim=1) * votes[:, start:stop]
+    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    out = out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype)
+    return out, significance
+
+
+def _torch_impl(q, k, v, key_padding_mask, scale, exclude_self):
+    return attention_with_significance_ref(q, k, v, key_padding_mask, scale, exclude_self)
+
+
+@torch.library.custom_op("powerbert::attention_with_significance", mutates_args=())
+def _attention_with_significance_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    scale: float,
+    exclude_self: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    fn = _dispatch.implementation(OP, backend)
+    return fn(q, k, v, key_padding_mask, scale, exclude_self)
+
+
+@_attention_with_significance_op.register_fake
+def _(q, k, v, key_padding_mask, scale, exclude_self, backend):
+    B, N, H, d = q.shape
+    return q.new_empty(B, N, H * d), q.new_empty(B, N, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_padding_mask, scale, exclude_self, backend = inputs
+    ctx.save_for_backward(q, k, v, key_padding_mask)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(output[1])
+
+
+def _recompute_qkv_grads(forward, q, k, v, grad_out):
+    # Recompute the forward under autograd (flash-attention style recomputation: nothing of size
+    # N x N was kept from the forward) and differentiate it.
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in (q, k, v)]
+        out = forward(*leaves)
+        wanted = [t for t in leaves if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out)) if wanted else iter(())
+    return tuple(next(grads) if t.requires_grad else None for t in leaves)
+
+
+def _backward(ctx, grad_out, grad_significance):
+    # Significance only ranks vectors: it carries no gradient.
+    q, k, v, key_padding_mask = ctx.saved_tensors
+    dq, dk, dv = _recompute_qkv_grads(
+        lambda q, k, v: attention_with_significance_ref(q, k, v, key_padding_mask, ctx.scale)[0],
+        q, k, v, grad_out,
+    )
+    return dq, dk, dv, None, None, None, None
+
+
+_attention_with_significance_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.powerbert.attention_with_significance)
+def _attention_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
+    # Q K^T and P V, as FlopCounterMode counts a plain attention; the column sums are not matmul work.
+    B, N, H, d = q_shape
+    return 4 * B * H * N * N * d
+
+
+def _check_qkv(q, k, v):
+    q = check_tensor("q", q, 4, "(B, N, H, d)")
+    check_float("q", q)
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(name, t, 4, "(B, N, H, d)")
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+        check_same_device(name, t, q.device)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension (d), got strides {t.stride()}")
+    if q.shape[1] < 1 or q.shape[2] < 1 or q.shape[3] < 1:
+        raise ValueError(f"q must have N, H and d of at least 1, got shape {tuple(q.shape)}")
+    return q
+
+
+def _check_scale(scale: float | None, head_dim: int) -> float:
+    if scale is None:
+        return head_dim**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    return float(scale)
+
+
+def attention_with_significance(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    *,
+    scale: float | None = None,
+    exclude_self: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-head self-attention plus each vector's significance, in one pass over the scores.
+
+    Args:
+        q, k, v: (B, N, H, d) float16, bfloat16 or float32, the layout the Q/K/V projections produce
+            (``linear(x).view(B, N, H, d)``); any strides with the last dimension contiguous.
+        key_padding_mask: (B, N) bool, True = real token. Padded keys get probability 0; padded query
+            rows get an output but do not vote in the significance.
+        scale: score scale, default ``1 / sqrt(d)``.
+        exclude_self: leave each vector's attention to itself out of its own significance (the
+            original PoWER-BERT code did so).
+        backend: ``"triton"``, ``"ext"``, ``"torch"`` or ``None`` (``POWERBERT_BACKEND``, else the
+            fastest that can run).
+
+    Returns:
+        out: (B, N, H*d) in the dtype of ``q``, the layout the output projection reads.
+        significance: (B, N) float32; padded positions get 0.
+    """
+    q = _check_qkv(q, k, v)
+    B, N, H, d = q.shape
+    check_mask("key_padding_mask", key_padding_mask, B, N, q.device)
+    scale = _check_scale(scale, d)
+    facts = _dispatch.CallFacts(q.device, q.dtype, {"head_dim": d, "seq_len": N, "heads": H})
+    name = _dispatch.resolve(OP, facts, backend)
+    return torch.ops.powerbert.attention_with_significance(
+        q, k, v, key_padding_mask, scale, bool(exclude_self), name
+    )
+
+
+def _plain_attention(q, k, v, key_padding_mask, scale, implementation):
+    B, N, H, d = q.shape
+    if implementation == "eager":
+        return _reference(q, k, v, key_padding_mask, scale, False, with_significance=False)[0]
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        attn_mask=key_padding_mask[:, None, None, :], scale=scale,
+    )
+    return out.transpose(1, 2).reshape(B, N, H * d)
+
+
+@torch.library.custom_op("powerbert::attention", mutates_args=())
+def _attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    scale: float,
+    implementation: str,
+) -> torch.Tensor:
+    return _plain_attention(q, k, v, key_padding_mask, scale, implementation)
+
+
+@_attention_op.register_fake
+def _(q, k, v, key_padding_mask, scale, implementation):
+    B, N, H, d = q.shape
+    return q.new_empty(B, N, H * d)
+
+
+def _attention_setup_context(ctx, inputs, output):
+    q, k, v, key_padding_mask, scale, implementation = inputs
+    ctx.save_for_backward(q, k, v, key_padding_mask)
+    ctx.scale = scale
+    ctx.implementation = implementation
+
+
+def _attention_backward(ctx, grad_out):
+    q, k, v, key_padding_mask = ctx.saved_tensors
+    dq, dk, dv = _recompute_qkv_grads(
+        lambda q, k, v: _plain_attention(q, k, v, key_padding_mask, ctx.scale, ctx.implementation),
+        q, k, v, grad_out,
+    )
+    return dq, dk, dv, None, None, None
+
+
+_attention_op.register_autograd(_attention_backward, setup_context=_attention_setup_context)
+register_flop_formula(torch.ops.powerbert.attention)(_attention_flops)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    *,
+    scale: float | None = None,
+    implementation: str = "sdpa",
+) -> torch.Tensor:
+    """Plain multi-head self-attention, without significance.
+
+    For layers that keep every vector, where no ranking is needed: it costs what the stock model's
+    attention costs. Registered as ``powerbert::attention`` so FLOP counting and ``torch.compile`` see
+    it as one op.
+
+    Args:
+        q, k, v: (B, N, H, d) float16, bfloat16 or float32, last dimension contiguous.
+        key_padding_mask: (B, N) bool, True = real token.
+        scale: score scale, default ``1 / sqrt(d)``.
+        implementation: ``"sdpa"`` (PyTorch's fused attention) or ``"eager"`` (explicit fp32 scores and
+            softmax, the arithmetic of HF's eager attention): a patched model follows the attention
+            implementation it was loaded with, so nothing changes where nothing is removed.
+
+    Returns:
+        out: (B, N, H*d) in the dtype of ``q``.
+    """
+    q = _check_qkv(q, k, v)
+    B, N, H, d = q.shape
+    check_mask("key_padding_mask", key_padding_mask, B, N, q.device)
+    if implementation not in ("sdpa", "eager"):
+        raise ValueError(f"implementation must be 'sdpa' or 'eager', got {implementation!r}")
+    return torch.ops.powerbert.attention(q, k, v, key_padding_mask, _check_scale(scale, d), implementation)
+
+
+_dispatch.register(OP, "torch", _torch_impl)

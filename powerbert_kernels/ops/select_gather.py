@@ -1,0 +1,161 @@
+"""PoWER-BERT's extract step: keep the ``keep`` most significant word-vectors of every row.
+
+Selection rule, per row (every backend implements exactly this):
+
+1. the CLS vector is always kept. It is the row's first real token: position 0, unless the row is
+   left-padded, in which case it is the first position whose mask is True (position 0 again for a row
+   with no real token at all);
+2. then real tokens by significance, highest first, ties to the lower position;
+3. padding last (by position), so padding is kept only when a row has fewer than ``keep`` real tokens.
+
+Kept vectors stay in their original order, and the mask is gathered with the same indices (never sliced),
+so left padding works as well as right padding. Because the kept set is the ``keep`` best of a strict
+total order, rank ``r`` of a position is the number of positions that beat it, and position ``i`` is kept
+iff ``r < keep``; its output slot is the number of kept positions before it. The kernels use this
+(parallel, no sort); the reference below uses stable sorts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _dispatch
+from ._checks import check_float, check_mask, check_same_device, check_tensor
+
+OP = "select_gather"
+
+
+def cls_positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: each row's first real position (0 for rows with no real token).
+
+    Args:
+        mask: (B, N) bool, True = real token.
+    """
+    # argmax returns the first maximal index, and 0 for an all-False row.
+    return torch.argmax(mask.to(torch.uint8), dim=1)
+
+
+def selection_order(significance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) int64: every row's positions from most to least preferred under the selection rule.
+
+    Args:
+        significance: (B, N) float.
+        mask: (B, N) bool, True = real token.
+    """
+    B, N = mask.shape
+    # Priority class: CLS 2, real 1, padding 0. Two stable sorts give the lexicographic order
+    # (class desc, significance desc, position asc) without mixing classes into one float key.
+    priority = mask.to(torch.int8)
+    priority.scatter_(1, cls_positions(mask)[:, None], 2)
+    by_significance = torch.sort(significance.float(), dim=1, descending=True, stable=True).indices
+    by_class = torch.sort(priority.gather(1, by_significance), dim=1, descending=True, stable=True).indices
+    return by_significance.gather(1, by_class)
+
+
+def select_gather_ref(
+    hidden: torch.Tensor, significance: torch.Tensor, mask: torch.Tensor, keep: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch reference of :func:`select_gather`.
+
+    Args:
+        hidden: (B, N, D).
+        significance: (B, N) float.
+        mask: (B, N) bool, True = real token.
+        keep: number of vectors to keep, 1 <= keep <= N.
+
+    Returns:
+        hidden_kept: (B, keep, D); mask_kept: (B, keep) bool; indices: (B, keep) int64, ascending.
+    """
+    B, N, D = hidden.shape
+    indices = selection_order(significance, mask)[:, :keep].sort(dim=1).values
+    hidden_kept = hidden.gather(1, indices[:, :, None].expand(B, keep, D))
+    return hidden_kept, mask.gather(1, indices), indices
+
+
+def _torch_impl(hidden, significance, mask, keep):
+    return select_gather_ref(hidden, significance, mask, keep)
+
+
+@torch.library.custom_op("powerbert::select_gather", mutates_args=())
+def _select_gather_op(
+    hidden: torch.Tensor, significance: torch.Tensor, mask: torch.Tensor, keep: int, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _dispatch.implementation(OP, backend)(hidden, significance, mask, keep)
+
+
+@_select_gather_op.register_fake
+def _(hidden, significance, mask, keep, backend):
+    B, N, D = hidden.shape
+    return (
+        hidden.new_empty(B, keep, D),
+        mask.new_empty(B, keep),
+        hidden.new_empty(B, keep, dtype=torch.int64),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    hidden = inputs[0]
+    ctx.save_for_backward(output[2])
+    ctx.hidden_shape = hidden.shape
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _backward(ctx, grad_hidden_kept, grad_mask, grad_indices):
+    (indices,) = ctx.saved_tensors
+    B, N, D = ctx.hidden_shape
+    grad_hidden = grad_hidden_kept.new_zeros(B, N, D)
+    grad_hidden.scatter_(1, indices[:, :, None].expand(-1, -1, D), grad_hidden_kept)
+    return grad_hidden, None, None, None, None
+
+
+_select_gather_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def select_gather(
+    hidden: torch.Tensor,
+    significance: torch.Tensor,
+    mask: torch.Tensor,
+    keep: int,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the CLS vector and the ``keep - 1`` most significant other vectors of every row, in order.
+
+    Args:
+        hidden: (B, N, D) float16, bfloat16 or float32 word-vectors.
+        significance: (B, N) float (computed in float32), e.g. from
+            :func:`~powerbert_kernels.ops.attention_with_significance`.
+        mask: (B, N) bool, True = real token.
+        keep: vectors to keep per row, 1 <= keep <= N.
+        backend: ``"triton"``, ``"ext"``, ``"torch"`` or ``None`` (``POWERBERT_BACKEND``, else the
+            fastest that can run).
+
+    Returns:
+        hidden_kept: (B, keep, D) the kept vectors in their original order.
+        mask_kept: (B, keep) bool, the mask gathered with the same indices.
+        indices: (B, keep) int64, the kept positions, ascending.
+    """
+    hidden = check_tensor("hidden", hidden, 3, "(B, N, D)")
+    check_float("hidden", hidden)
+    B, N, D = hidden.shape
+    if N < 1 or D < 1:
+        raise ValueError(f"hidden must have N and D of at least 1, got shape {tuple(hidden.shape)}")
+    significance = check_tensor("significance", significance, 2, f"(B, N) = ({B}, {N})")
+    if tuple(significance.shape) != (B, N):
+        raise ValueError(f"significance must have shape (B, N) = ({B}, {N}), got {tuple(significance.shape)}")
+    if not significance.is_floating_point():
+        raise TypeError(f"significance must be a float tensor, got {significance.dtype}")
+    check_same_device("significance", significance, hidden.device)
+    check_mask("mask", mask, B, N, hidden.device)
+    if isinstance(keep, bool) or not isinstance(keep, int):
+        raise TypeError(f"keep must be an int, got {type(keep).__name__}")
+    if not 1 <= keep <= N:
+        raise ValueError(f"keep must be between 1 and N={N}, got {keep}")
+    facts = _dispatch.CallFacts(hidden.device, hidden.dtype, {"hidden_size": D, "seq_len": N})
+    name = _dispatch.resolve(OP, facts, backend)
+    return torch.ops.powerbert.select_gather(
+        hidden, significance.float().contiguous(), mask.contiguous(), keep, name
+    )
+
+
+_dispatch.register(OP, "torch", _torch_impl)
