@@ -1,20 +1,38 @@
-"""The ``powerbert`` command."""
+"""The ``powerbert`` command: demo, bench, train, eval, check-cuda.
+
+Each subcommand lives in its own module, which provides ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int``; heavy imports happen inside ``run`` so that ``powerbert --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+COMMANDS: dict[str, str] = {
+    "demo": "powerbert_kernels.demo",
+    "bench": "powerbert_kernels.benchmarking",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="powerbert", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="powerbert",
+        description="PoWER-BERT: progressive word-vector elimination for fast BERT-family inference.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    return int(args.run(args) or 0)
 
 
 if __name__ == "__main__":

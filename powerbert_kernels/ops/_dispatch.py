@@ -48,11 +48,14 @@ class Implementation:
     """One backend's implementation of one op.
 
     ``fn`` takes the op's arguments (without ``backend``); ``unsupported`` returns the reasons it cannot
-    run a call described by :class:`CallFacts` (an empty list means it can).
+    run a call described by :class:`CallFacts` (an empty list means it can); ``not_automatic`` returns
+    reasons it should run such a call only when forced (Triton's CPU interpreter: exact, but far too
+    slow to be picked on its own).
     """
 
     fn: Callable[..., object]
     unsupported: Callable[[CallFacts], list[str]]
+    not_automatic: Callable[[CallFacts], list[str]]
 
 
 _REGISTRY: dict[str, dict[str, Implementation]] = {}
@@ -63,12 +66,21 @@ _MISSING_REASON: dict[str, str] = {
 }
 
 
-def register(op: str, backend: str, fn: Callable[..., object],
-             unsupported: Callable[[CallFacts], list[str]] | None = None) -> None:
+def _nothing(facts: CallFacts) -> list[str]:
+    return []
+
+
+def register(
+    op: str,
+    backend: str,
+    fn: Callable[..., object],
+    unsupported: Callable[[CallFacts], list[str]] | None = None,
+    not_automatic: Callable[[CallFacts], list[str]] | None = None,
+) -> None:
     """Register ``fn`` as ``backend``'s implementation of ``op`` (replacing an earlier one)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    _REGISTRY.setdefault(op, {})[backend] = Implementation(fn, unsupported or (lambda facts: []))
+    _REGISTRY.setdefault(op, {})[backend] = Implementation(fn, unsupported or _nothing, not_automatic or _nothing)
 
 
 def set_missing_reason(backend: str, reason: str) -> None:
@@ -76,11 +88,14 @@ def set_missing_reason(backend: str, reason: str) -> None:
     _MISSING_REASON[backend] = reason
 
 
-def _reasons(op: str, backend: str, facts: CallFacts) -> list[str]:
+def _reasons(op: str, backend: str, facts: CallFacts, automatic: bool = False) -> list[str]:
     impl = _REGISTRY.get(op, {}).get(backend)
     if impl is None:
         return [_MISSING_REASON[backend]]
-    return impl.unsupported(facts)
+    reasons = impl.unsupported(facts)
+    if automatic and not reasons:
+        reasons = impl.not_automatic(facts)
+    return reasons
 
 
 def requested_backend(backend: str | None) -> str | None:
@@ -114,7 +129,7 @@ def resolve(op: str, facts: CallFacts, backend: str | None = None) -> str:
         return forced
     skipped = []
     for name in BACKENDS:
-        reasons = _reasons(op, name, facts)
+        reasons = _reasons(op, name, facts, automatic=True)
         if not reasons:
             return name
         skipped.append(f"{name}: " + "; ".join(reasons))
@@ -131,8 +146,8 @@ def implementation(op: str, backend: str) -> Callable[..., object]:
 
 
 def explain(op: str, facts: CallFacts) -> dict[str, list[str]]:
-    """For each backend, the reasons it cannot run ``op`` for ``facts`` (empty list: it can)."""
-    return {name: _reasons(op, name, facts) for name in BACKENDS}
+    """For each backend, why automatic selection would not pick it for ``op`` and ``facts`` (empty: it would)."""
+    return {name: _reasons(op, name, facts, automatic=True) for name in BACKENDS}
 
 
 def registered_backends(op: str) -> list[str]:
