@@ -1,0 +1,178 @@
+"""Triton kernels of ``select_gather``: PoWER-BERT's extract step without a sort.
+
+Semantics are those of :func:`~powerbert_kernels.ops.select_gather.select_gather_ref` (imported here as
+``reference``; the module docstring of :mod:`powerbert_kernels.ops.select_gather` states the rule).
+
+Each position gets one int64 sort key that encodes the whole rule, so that "j beats i" is a single
+comparison ``key[j] > key[i]``::
+
+    bits 52..53  class: 2 = CLS (the row's first real position, or 0), 1 = real token, 0 = padding
+    bits 20..51  significance as an order-preserving unsigned integer (0 for padding: by position only)
+    bits  0..19  (2**20 - 1) - position, so that ties go to the lower position
+
+The keys of a row are distinct, so the order is strict and total: position ``i`` has rank
+``#{j : key[j] > key[i]}``, exactly ``keep`` positions have rank < keep, and the output slot of a kept
+position is the number of kept positions before it (a running prefix sum). Two launches:
+
+1. select, one program per row: rank by blocked all-pairs comparison (N^2 integer compares, trivial next
+   to the attention that produced the scores), then slots by a prefix sum carried across blocks; writes
+   the kept indices and gathers the mask.
+2. gather, one program per (block of kept rows, batch, block of features): a pure copy of the kept hidden
+   rows, tiled so that many programs keep the memory system busy.
+
+Significance ordering follows ``torch.sort``: -0.0 equals 0.0, and NaN sorts above every number.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..ops.select_gather import select_gather_ref as reference  # noqa: F401  (the semantics)
+from ._common import cuda_device_guard
+
+__all__ = ["MAX_SEQ_LEN", "reference", "select_gather_triton"]
+
+MAX_SEQ_LEN = 1 << 20
+"""Longest row the sort key can order (20 bits of position)."""
+
+
+@triton.jit
+def _sort_keys(SIG, MASK, row, pos, N, cls_pos):
+    """int64 keys of positions ``pos`` of row ``row`` (-1 past the end: never beats anything)."""
+    ok = pos < N
+    real = tl.load(MASK + row * N + pos, mask=ok, other=0) != 0
+    sig = tl.load(SIG + row * N + pos, mask=ok, other=0.0)
+    # Canonicalise what torch.sort treats as equal: -0.0 == 0.0, and every NaN is one value above +inf.
+    sig = tl.where(sig == 0.0, 0.0, sig)
+    sig = tl.where(sig != sig, float("nan"), sig)
+    bits = sig.to(tl.int32, bitcast=True)
+    # IEEE floats order like sign-magnitude integers: flipping the magnitude bits of negatives makes the
+    # signed integer order equal the float order; +2**31 then makes it unsigned.
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64) + 2147483648
+    ordered = tl.where(real, ordered, 0)
+    cls = tl.where(pos == cls_pos, 2, tl.where(real, 1, 0)).to(tl.int64)
+    key = (cls << 52) | (ordered << 20) | (1048575 - pos).to(tl.int64)
+    return tl.where(ok, key, -1), real
+
+
+@triton.jit
+def _select_kernel(
+    SIG, MASK, INDICES, MASK_OUT, N, KEEP,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs_i = tl.arange(0, BLOCK_I)
+    offs_j = tl.arange(0, BLOCK_J)
+
+    first = tl.full([BLOCK_J], N, tl.int32)
+    for start in range(0, N, BLOCK_J):
+        pos = start + offs_j
+        real = tl.load(MASK + row * N + pos, mask=pos < N, other=0) != 0
+        first = tl.minimum(first, tl.where(real, pos, N))
+    cls_pos = tl.min(first, 0)
+    cls_pos = tl.where(cls_pos < N, cls_pos, 0)
+
+    carry = tl.zeros([1], tl.int32)
+    for start_i in range(0, N, BLOCK_I):
+        pos_i = start_i + offs_i
+        key_i, real_i = _sort_keys(SIG, MASK, row, pos_i, N, cls_pos)
+        rank = tl.zeros([BLOCK_I], tl.int32)
+        for start_j in range(0, N, BLOCK_J):
+            key_j, _ = _sort_keys(SIG, MASK, row, start_j + offs_j, N, cls_pos)
+            rank += tl.sum((key_j[None, :] > key_i[:, None]).to(tl.int32), 1)
+        kept = (rank < KEEP) & (pos_i < N)
+        kept_count = kept.to(tl.int32)
+        slot = carry + tl.cumsum(kept_count, 0) - kept_count
+        tl.store(INDICES + row * KEEP + slot, pos_i.to(tl.int64), mask=kept)
+        tl.store(MASK_OUT + row * KEEP + slot, real_i.to(tl.uint8), mask=kept)
+        carry += tl.sum(kept_count, 0)
+
+
+@triton.jit
+def _gather_kernel(
+    HIDDEN, INDICES, OUT, stride_hb, stride_hn, KEEP, D,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    pid_d = tl.program_id(2)
+    slots = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    slot_ok = slots < KEEP
+    ok = slot_ok[:, None] & (cols < D)[None, :]
+    src = tl.load(INDICES + row * KEEP + slots, mask=slot_ok, other=0)
+    x = tl.load(HIDDEN + row * stride_hb + src[:, None] * stride_hn + cols[None, :], mask=ok)
+    tl.store(OUT + (row * KEEP + slots[:, None]) * D + cols[None, :], x, mask=ok)
+
+
+def _gather_tiles(D: int, elem: int) -> tuple[int, int]:
+    # Rows of at most 512 bytes per program-column, 16 KiB per program. A power of two that divides D
+    # (768 -> 256 for fp16) avoids masked-off lanes in the last column block.
+    cap = 512 // elem
+    divisor = D & -D
+    block_d = min(divisor, cap) if divisor >= 64 else min(triton.next_power_of_2(D), cap)
+    return max(1, (16384 // elem) // block_d), block_d
+
+
+def select_gather_triton(
+    hidden: torch.Tensor,
+    significance: torch.Tensor,
+    mask: torch.Tensor,
+    keep: int,
+    *,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton implementation of ``powerbert::select_gather`` (arguments already checked).
+
+    Args:
+        hidden: (B, N, D) any dtype; any strides (copied once if the last one is not 1).
+        significance: (B, N) float.
+        mask: (B, N) bool, True = real token.
+        keep: vectors kept per row, 1 <= keep <= N.
+        out: optional contiguous buffers (hidden_kept, mask_kept, indices) to write into (tests pass
+            poisoned buffers so that any element left unwritten shows).
+
+    Returns:
+        hidden_kept: (B, keep, D); mask_kept: (B, keep) bool; indices: (B, keep) int64, ascending.
+    """
+    B, N, D = hidden.shape
+    if N > MAX_SEQ_LEN:
+        raise ValueError(f"hidden: sequence length {N} exceeds the {MAX_SEQ_LEN} the Triton kernel can order")
+    if hidden.stride(-1) != 1:
+        hidden = hidden.contiguous()
+    if out is None:
+        out = (
+            torch.empty(B, keep, D, dtype=hidden.dtype, device=hidden.device),
+            torch.empty(B, keep, dtype=torch.bool, device=hidden.device),
+            torch.empty(B, keep, dtype=torch.int64, device=hidden.device),
+        )
+    hidden_kept, mask_kept, indices = out
+    for name, t, shape, dtype in (("hidden_kept", hidden_kept, (B, keep, D), hidden.dtype),
+                                  ("mask_kept", mask_kept, (B, keep), torch.bool),
+                                  ("indices", indices, (B, keep), torch.int64)):
+        if tuple(t.shape) != shape or t.dtype != dtype or t.device != hidden.device or not t.is_contiguous():
+            raise ValueError(f"out: {name} must be a contiguous {dtype} tensor of shape {shape} on "
+                             f"{hidden.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+    sig = significance.to(torch.float32).contiguous()
+    mask_u8 = mask.contiguous().view(torch.uint8)
+
+    n_pad = max(16, triton.next_power_of_2(N))
+    block_i, block_j = min(32, n_pad), min(128, n_pad)
+    block_r, block_d = _gather_tiles(D, hidden.element_size())
+    with cuda_device_guard(hidden.device):
+        _select_kernel[(B,)](
+            sig, mask_u8, indices, mask_kept.view(torch.uint8), N, keep,
+            BLOCK_I=block_i, BLOCK_J=block_j, num_warps=4 if block_i * block_j <= 2048 else 8,
+        )
+        _gather_kernel[(triton.cdiv(keep, block_r), B, triton.cdiv(D, block_d))](
+            hidden, indices, hidden_kept, hidden.stride(0), hidden.stride(1), keep, D,
+            BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
+        )
+    return hidden_kept, mask_kept, indices
+
+
+def gather_bytes(batch: int, keep: int, hidden_size: int, element_size: int) -> int:
+    """Bytes select-gather must move at least: read and write every kept hidden row."""
+    return 2 * batch * keep * hidden_size * element_size
