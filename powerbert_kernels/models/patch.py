@@ -164,6 +164,17 @@ def _key_padding_mask(attention_mask, batch: int, length: int, device: torch.dev
     return mask
 
 
+def _attention_block(adapter, layer, hidden, mask, with_significance, exclude_self, plain):
+    # A function of its own so that q, k, v and the attention output are freed before the feed-forward
+    # block allocates its (B, n, 4D) intermediate: the peak memory then matches the stock layer's.
+    q, k, v, scale = adapter.qkv(layer, hidden)
+    if with_significance:
+        attn, significance = ops.attention_with_significance(q, k, v, mask, scale=scale, exclude_self=exclude_self)
+    else:
+        attn, significance = ops.attention(q, k, v, mask, scale=scale, implementation=plain), None
+    return adapter.attention_output(layer, attn, hidden), significance
+
+
 _UNSUPPORTED_INPUTS = ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "head_mask")
 
 
@@ -210,15 +221,9 @@ def _power_bert_forward(
     layer_positions = []
     all_hidden = [hidden] if output_hidden_states else None
     for layer, extract in zip(adapter.layers(self), self.power_extract, strict=True):
-        received = hidden.shape[1]
-        q, k, v, scale = adapter.qkv(layer, hidden)
-        if extract.needs_significance(received, N):
-            attn, significance = ops.attention_with_significance(
-                q, k, v, mask, scale=scale, exclude_self=state.exclude_self
-            )
-        else:
-            attn, significance = ops.attention(q, k, v, mask, scale=scale, implementation=plain), None
-        hidden_attn = adapter.attention_output(layer, attn, hidden)
+        hidden_attn, significance = _attention_block(
+            adapter, layer, hidden, mask, extract.needs_significance(hidden.shape[1], N), state.exclude_self, plain
+        )
         hidden_attn, mask, kept = extract(hidden_attn, significance, mask, N)
         if kept is not None:
             positions = kept if positions is None else positions.gather(1, kept)

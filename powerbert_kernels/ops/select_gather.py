@@ -8,11 +8,14 @@ Selection rule, per row (every backend implements exactly this):
 2. then real tokens by significance, highest first, ties to the lower position;
 3. padding last (by position), so padding is kept only when a row has fewer than ``keep`` real tokens.
 
-Kept vectors stay in their original order, and the mask is gathered with the same indices (never sliced),
-so left padding works as well as right padding. Because the kept set is the ``keep`` best of a strict
-total order, rank ``r`` of a position is the number of positions that beat it, and position ``i`` is kept
-iff ``r < keep``; its output slot is the number of kept positions before it. The kernels use this
-(parallel, no sort); the reference below uses stable sorts.
+Output order: the kept real tokens in their original order, then the kept padding in its original
+order. For right-padded rows that is simply ascending position order; for a short left-padded row it
+moves the padding behind the real tokens, so that after any extraction slot 0 holds the CLS vector (the
+one the pooler reads) and every row is right-padded. The mask is gathered with the same indices, never
+sliced. Because the kept set is the ``keep`` best of a strict total order, position ``i`` is kept iff
+fewer than ``keep`` positions beat it (its rank), and its output slot is the number of kept positions
+that precede it in the output order (for a padded one: all kept real tokens plus the kept padding before
+it). The kernels compute exactly that (parallel, no sort); the reference below uses stable sorts.
 """
 
 from __future__ import annotations
@@ -64,10 +67,14 @@ def select_gather_ref(
         keep: number of vectors to keep, 1 <= keep <= N.
 
     Returns:
-        hidden_kept: (B, keep, D); mask_kept: (B, keep) bool; indices: (B, keep) int64, ascending.
+        hidden_kept: (B, keep, D); mask_kept: (B, keep) bool; indices: (B, keep) int64 (real tokens
+        ascending, then padding ascending).
     """
     B, N, D = hidden.shape
-    indices = selection_order(significance, mask)[:, :keep].sort(dim=1).values
+    chosen = selection_order(significance, mask)[:, :keep]
+    # Output order key: padding after real tokens, position within each (N + i for padding).
+    order_key = chosen + N * (~mask.gather(1, chosen)).long()
+    indices = chosen.gather(1, order_key.argsort(dim=1))
     hidden_kept = hidden.gather(1, indices[:, :, None].expand(B, keep, D))
     return hidden_kept, mask.gather(1, indices), indices
 
@@ -131,9 +138,10 @@ def select_gather(
             fastest that can run).
 
     Returns:
-        hidden_kept: (B, keep, D) the kept vectors in their original order.
+        hidden_kept: (B, keep, D) the kept vectors: real tokens in their original order, then any
+            padding (kept only when a row has fewer than ``keep`` real tokens).
         mask_kept: (B, keep) bool, the mask gathered with the same indices.
-        indices: (B, keep) int64, the kept positions, ascending.
+        indices: (B, keep) int64, the kept positions in that order (ascending for right-padded rows).
     """
     hidden = check_tensor("hidden", hidden, 3, "(B, N, D)")
     check_float("hidden", hidden)

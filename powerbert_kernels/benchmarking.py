@@ -1,0 +1,281 @@
+"""Honest speed and memory comparisons of a stock model and its PoWER-BERT version (``powerbert bench``).
+
+Both models run in the same process, interleaved (ABBA order, so drift and background load hit both
+alike), after warm-up; the reported times are medians over repeats, and every speed-up is printed beside
+the theoretical FLOP ratio, whose gap to the measured one is the overhead. Peak memory is measured in
+separate runs: on CUDA with the allocator's peak statistics, on the CPU from the profiler's allocation
+events, in both cases as the peak above what was allocated before the forward (the weights are common
+to both and not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+HELP = "time the stock Hugging Face model (SDPA attention) against its PoWER-BERT version"
+
+CONFIGS: dict[str, dict[str, int]] = {
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# The configuration PoWER-BERT learned for RTE on BERT-base (N = 256), as fractions of the length; the
+# default retention of `powerbert bench` interpolates it to the model's depth.
+PAPER_RTE_RETENTION = (153, 125, 111, 105, 85, 80, 72, 48, 35, 27, 22, 5)
+
+
+def default_retention(num_layers: int) -> list[float]:
+    """The paper's learned RTE configuration as fractions, resampled to ``num_layers`` layers."""
+    fractions = [n / 256 for n in PAPER_RTE_RETENTION]
+    out = []
+    for j in range(num_layers):
+        x = (j + 1) / num_layers * len(fractions) - 1
+        lo = max(0, math.floor(x))
+        hi = min(len(fractions) - 1, lo + 1)
+        w = x - lo
+        out.append(round((1 - w) * fractions[lo] + w * fractions[hi], 4))
+    for j in range(1, num_layers):
+        out[j] = min(out[j], out[j - 1])
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    device: torch.device,
+    *,
+    repeats: int = 10,
+    warmup: int = 2,
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each function, measured interleaved.
+
+    Every function is warmed up ``warmup`` times, then each repeat runs all of them, in forward order
+    on even repeats and reverse order on odd ones, so slow drifts and neighbours' load fall on all
+    alike. On CUDA the device is synchronised around every call.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            _sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory allocated by one call of ``fn`` above what was allocated before it, in MiB.
+
+    CUDA: the caching allocator's peak statistic. CPU: the running sum of the profiler's allocation
+    events (None when this PyTorch build's profiler does not report them).
+    """
+    if device.type == "cuda":
+        _sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except AttributeError:
+        return None
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        if event.device_type() == torch.device("cpu").type or str(event.device_type()).endswith("CPU"):
+            current += event.nbytes()
+            peak = max(peak, current)
+    return peak / 2**20
+
+
+@dataclass
+class Comparison:
+    """Result of :func:`compare_models`; times in milliseconds (medians), memory in MiB."""
+
+    baseline_ms: float
+    power_ms: float
+    speedup: float
+    baseline_times_ms: list[float]
+    power_times_ms: list[float]
+    peak_mem_baseline_mb: float | None
+    peak_mem_power_mb: float | None
+
+
+def compare_models(
+    baseline: nn.Module,
+    power: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    repeats: int = 10,
+    warmup: int = 2,
+    measure_memory: bool = True,
+) -> Comparison:
+    """Time ``baseline(**inputs)`` against ``power(**inputs)`` interleaved, and their peak memory.
+
+    Both models should be in eval mode on the device of ``inputs``. Runs under ``torch.inference_mode``.
+    """
+    device = next(iter(inputs.values())).device
+
+    def run(model):
+        return lambda: model(**inputs)
+
+    with torch.inference_mode():
+        times = time_interleaved({"baseline": run(baseline), "power": run(power)}, device,
+                                 repeats=repeats, warmup=warmup)
+        mem_base = peak_memory_mb(run(baseline), device) if measure_memory else None
+        mem_power = peak_memory_mb(run(power), device) if measure_memory else None
+    base_ms = statistics.median(times["baseline"])
+    power_ms = statistics.median(times["power"])
+    return Comparison(base_ms, power_ms, base_ms / power_ms, times["baseline"], times["power"], mem_base, mem_power)
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    """Versions, device and date, recorded beside every measurement."""
+    import transformers
+
+    info: dict[str, object] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["device_name"] = platform.processor() or platform.machine()
+        info["cpu_threads"] = torch.get_num_threads()
+    return info
+
+
+def random_inputs(batch: int, seq_len: int, vocab_size: int, device: torch.device, seed: int = 0) -> dict:
+    """Random token ids (never all one token) with every position real, CLS id first."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1000, vocab_size, (batch, seq_len), generator=g)
+    input_ids[:, 0] = 101
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones(batch, seq_len, dtype=torch.long, device=device),
+    }
+
+
+def load_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
+    """The stock model with SDPA attention and an independent copy to patch, both in eval mode."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    if args.model:
+        baseline = AutoModelForSequenceClassification.from_pretrained(
+            args.model, attn_implementation="sdpa", num_labels=2, dtype=dtype
+        )
+    else:
+        config = BertConfig(**CONFIGS[args.config], num_labels=2, attn_implementation="sdpa")
+        torch.manual_seed(0)
+        baseline = BertForSequenceClassification(config).to(dtype)
+    baseline = baseline.to(device).eval()
+    return baseline, copy.deepcopy(baseline)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="local HF model folder or hub id (weights loaded)")
+    source.add_argument("--config", choices=sorted(CONFIGS), default="bert-base",
+                        help="random-weight model of this size (default: bert-base)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--retention", help="comma-separated counts or fractions, one per layer "
+                        "(default: the paper's RTE configuration as fractions)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backend", choices=["triton", "ext", "torch"], help="force an ops backend")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from .models import apply_power_bert, flop_ratio, keep_counts, parse_retention
+
+    if args.backend:
+        os.environ["POWERBERT_BACKEND"] = args.backend
+    if args.batch < 1 or args.seq_len < 2:
+        raise SystemExit("powerbert bench: --batch must be >= 1 and --seq-len >= 2")
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    baseline, power = load_models(args, device, dtype)
+    num_layers = baseline.config.num_hidden_layers
+    retention = parse_retention(args.retention) if args.retention else default_retention(num_layers)
+    apply_power_bert(power, retention)
+    inputs = random_inputs(args.batch, args.seq_len, baseline.config.vocab_size, device)
+    result = compare_models(baseline, power, inputs, repeats=args.repeats, warmup=args.warmup,
+                            measure_memory=not args.no_memory)
+    report = {
+        "model": args.model or args.config,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "dtype": args.dtype,
+        "retention": list(retention),
+        "kept_per_layer": keep_counts(retention, args.seq_len),
+        **asdict(result),
+        "flop_ratio": flop_ratio(baseline, args.batch, args.seq_len, retention),
+        "repeats": args.repeats,
+        **environment(device),
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    mem = ""
+    if result.peak_mem_baseline_mb is not None and result.peak_mem_power_mb is not None:
+        base_mb, power_mb = result.peak_mem_baseline_mb, result.peak_mem_power_mb
+        mem = (f"peak memory  HF SDPA {base_mb:9.1f} MiB   PoWER-BERT {power_mb:9.1f} MiB   "
+               f"({power_mb / base_mb:.2f}x)\n")
+    print(
+        f"{report['model']}  batch {args.batch}  seq-len {args.seq_len}  {args.dtype}  on {report['device_name']} "
+        f"({report['device']}), torch {report['torch']}\n"
+        f"kept per layer: {report['kept_per_layer']}\n"
+        f"HF SDPA     median {result.baseline_ms:9.2f} ms\n"
+        f"PoWER-BERT  median {result.power_ms:9.2f} ms\n"
+        f"speed-up {result.speedup:.2f}x measured   {report['flop_ratio']:.2f}x FLOP ratio   "
+        f"({result.speedup / report['flop_ratio']:.2f} of ideal; {args.repeats} interleaved repeats)\n" + mem
+    )
+    return 0
