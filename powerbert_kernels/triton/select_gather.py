@@ -11,11 +11,14 @@ comparison ``key[j] > key[i]``::
     bits  0..19  (2**20 - 1) - position, so that ties go to the lower position
 
 The keys of a row are distinct, so the order is strict and total: position ``i`` has rank
-``#{j : key[j] > key[i]}``, exactly ``keep`` positions have rank < keep, and the output slot of a kept
-position is the number of kept positions before it (a running prefix sum). Two launches:
+``#{j : key[j] > key[i]}`` and exactly ``keep`` positions have rank < keep. Output order is kept real
+tokens by position, then kept padding by position (slot 0 is then always CLS). Every real token beats
+every padding position, so exactly ``min(keep, real tokens)`` real ones are kept, and the slot of a kept
+position is a running prefix count: kept real tokens before it, or that total plus the kept padding
+before it. Two launches:
 
 1. select, one program per row: rank by blocked all-pairs comparison (N^2 integer compares, trivial next
-   to the attention that produced the scores), then slots by a prefix sum carried across blocks; writes
+   to the attention that produced the scores), then slots by prefix sums carried across blocks; writes
    the kept indices and gathers the mask.
 2. gather, one program per (block of kept rows, batch, block of features): a pure copy of the kept hidden
    rows, tiled so that many programs keep the memory system busy.
@@ -67,14 +70,18 @@ def _select_kernel(
     offs_j = tl.arange(0, BLOCK_J)
 
     first = tl.full([BLOCK_J], N, tl.int32)
+    n_real = tl.zeros([BLOCK_J], tl.int32)
     for start in range(0, N, BLOCK_J):
         pos = start + offs_j
         real = tl.load(MASK + row * N + pos, mask=pos < N, other=0) != 0
         first = tl.minimum(first, tl.where(real, pos, N))
+        n_real += real.to(tl.int32)
     cls_pos = tl.min(first, 0)
     cls_pos = tl.where(cls_pos < N, cls_pos, 0)
+    kept_real_total = tl.minimum(tl.sum(n_real, 0), KEEP)
 
-    carry = tl.zeros([1], tl.int32)
+    real_before = tl.zeros([1], tl.int32)
+    pad_before = tl.zeros([1], tl.int32)
     for start_i in range(0, N, BLOCK_I):
         pos_i = start_i + offs_i
         key_i, real_i = _sort_keys(SIG, MASK, row, pos_i, N, cls_pos)
@@ -83,11 +90,15 @@ def _select_kernel(
             key_j, _ = _sort_keys(SIG, MASK, row, start_j + offs_j, N, cls_pos)
             rank += tl.sum((key_j[None, :] > key_i[:, None]).to(tl.int32), 1)
         kept = (rank < KEEP) & (pos_i < N)
-        kept_count = kept.to(tl.int32)
-        slot = carry + tl.cumsum(kept_count, 0) - kept_count
+        kept_real = (kept & real_i).to(tl.int32)
+        kept_pad = (kept & ~real_i).to(tl.int32)
+        slot = tl.where(real_i,
+                        real_before + tl.cumsum(kept_real, 0) - kept_real,
+                        kept_real_total + pad_before + tl.cumsum(kept_pad, 0) - kept_pad)
         tl.store(INDICES + row * KEEP + slot, pos_i.to(tl.int64), mask=kept)
         tl.store(MASK_OUT + row * KEEP + slot, real_i.to(tl.uint8), mask=kept)
-        carry += tl.sum(kept_count, 0)
+        real_before += tl.sum(kept_real, 0)
+        pad_before += tl.sum(kept_pad, 0)
 
 
 @triton.jit
@@ -135,7 +146,8 @@ def select_gather_triton(
             poisoned buffers so that any element left unwritten shows).
 
     Returns:
-        hidden_kept: (B, keep, D); mask_kept: (B, keep) bool; indices: (B, keep) int64, ascending.
+        hidden_kept: (B, keep, D); mask_kept: (B, keep) bool; indices: (B, keep) int64 (kept real tokens ascending,
+        then kept padding ascending).
     """
     B, N, D = hidden.shape
     if N > MAX_SEQ_LEN:
