@@ -94,6 +94,7 @@ def _attention_fwd_kernel(
     stride_ob, stride_on,
     N, H, HEAD_DIM, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SCAN_BLOCK: tl.constexpr,
 ):
     """Pass 1: flash attention of one (query block, batch x head); writes out and the row lse (base 2)."""
     pid_m = tl.program_id(0)
@@ -111,7 +112,7 @@ def _attention_fwd_kernel(
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
-    lo, hi = _real_span(MASK, b, N, BLOCK_N)
+    lo, hi = _real_span(MASK, b, N, SCAN_BLOCK)
     lo = (lo // BLOCK_N) * BLOCK_N
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -149,6 +150,7 @@ def _significance_kernel(
     N, H, HEAD_DIM, qk_scale,
     EXCLUDE_SELF: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SCAN_BLOCK: tl.constexpr,
 ):
     """Pass 2: significance of one (key block, batch), summed over heads and real query rows in registers."""
     pid_n = tl.program_id(0)
@@ -162,7 +164,7 @@ def _significance_kernel(
 
     # Only query rows in the real span vote. A key block without a real key gets exactly 0 from every
     # real row, so its loop is left empty.
-    lo, hi = _real_span(MASK, b, N, BLOCK_M)
+    lo, hi = _real_span(MASK, b, N, SCAN_BLOCK)
     lo = (lo // BLOCK_M) * BLOCK_M
     hi = tl.where(tl.max(real_k.to(tl.int32), 0) > 0, hi, lo)
 
@@ -179,13 +181,15 @@ def _significance_kernel(
             q = tl.load(q_base + rows[:, None] * stride_qn + offs_d[None, :],
                         mask=row_ok[:, None] & d_ok[None, :], other=0.0)
             lse = tl.load(lse_base + rows, mask=row_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-            s = tl.where(real_k[None, :], s, _MASKED_SCORE)
-            p = tl.exp2(s - lse[:, None])
-            vote = real_q[:, None] & col_ok[None, :]
+            # Scores transposed, keys x queries: the column sums become row sums, which stay within a
+            # warp in the MMA layout instead of crossing warps through shared memory.
+            s = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+            s = tl.where(real_k[:, None], s, _MASKED_SCORE)
+            p = tl.exp2(s - lse[None, :])
+            vote = col_ok[:, None] & real_q[None, :]
             if EXCLUDE_SELF:
-                vote = vote & (rows[:, None] != cols[None, :])
-            col_sum += tl.sum(tl.where(vote, p, 0.0), 0)
+                vote = vote & (cols[:, None] != rows[None, :])
+            col_sum += tl.sum(tl.where(vote, p, 0.0), 1)
     tl.store(SIG + b * N + cols, col_sum, mask=col_ok)
 
 
@@ -287,13 +291,17 @@ def default_config(batch: int, seq_len: int, heads: int, head_dim: int, dtype: t
     block_n = min(32 if (wide and d_pad > 64) else 64, n_pad)
     num_warps = 8 if block_m * d_pad >= 128 * 64 else 4
     num_stages = 2 if wide else 3
-    # Pass 2 has only B x (N / key tile) programs: halve the key tile until the GPU is covered.
-    sig_block_n = min(64, n_pad)
+    # Pass 2 reads a batch row's whole Q once per key tile (B*H*N*d*(N/tile) elements in all, mostly from
+    # L2), so its key tile is as wide as registers allow, and halved only while there are fewer programs
+    # than multiprocessors.
+    sig_block_n = min(128 if d_pad <= 64 else 64, n_pad)
     sms = multiprocessor_count(device)
     while sig_block_n > 16 and batch * triton.cdiv(seq_len, sig_block_n) < sms:
         sig_block_n //= 2
     sig_block_m = min(64 if d_pad <= 128 else 32, n_pad)
-    return AttentionConfig("two_pass", block_m, block_n, num_warps, num_stages, sig_block_m, sig_block_n)
+    sig_num_warps = 8 if sig_block_m * sig_block_n >= 64 * 128 else 4
+    return AttentionConfig("two_pass", block_m, block_n, num_warps, num_stages, sig_block_m, sig_block_n,
+                           sig_num_warps)
 
 
 def attention_with_significance_triton(
@@ -336,6 +344,8 @@ def attention_with_significance_triton(
     block_d = _pow2(d)
     qk_scale = float(scale) * _LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    # The span of real positions is found with one vector load for N <= 1024.
+    scan_block = min(_pow2(N), 1024)
     strides = (*_bnh(q), *_bnh(k), *_bnh(v))
 
     with cuda_device_guard(q.device):
@@ -356,14 +366,14 @@ def attention_with_significance_triton(
             q, k, v, mask, out, lse, *strides, out.stride(0), out.stride(1),
             N, H, d, qk_scale,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, DOT_PRECISION=precision,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+            SCAN_BLOCK=scan_block, num_warps=config.num_warps, num_stages=config.num_stages,
         )
         _significance_kernel[(triton.cdiv(N, config.sig_block_n), B)](
             q, k, mask, lse, significance, *strides[:6],
             N, H, d, qk_scale,
             EXCLUDE_SELF=bool(exclude_self),
             BLOCK_M=config.sig_block_m, BLOCK_N=config.sig_block_n, BLOCK_D=block_d, DOT_PRECISION=precision,
-            num_warps=config.sig_num_warps, num_stages=config.num_stages,
+            SCAN_BLOCK=scan_block, num_warps=config.sig_num_warps, num_stages=config.num_stages,
         )
     return out, significance
 
