@@ -78,8 +78,9 @@ def test_attention_ref_blocked_equals_unblocked(monkeypatch):
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 37, 3, 8, generator=g) for _ in range(3))
     mask = random_mask(2, 37, "right", g)
+    monkeypatch.setattr(attention_module, "_BLOCK_ELEMENTS", 1 << 30)  # one block
     whole = ops.attention_with_significance_ref(q, k, v, mask, exclude_self=True)
-    monkeypatch.setattr(attention_module, "_BLOCK_ELEMENTS", 2 * 3 * 37 * 5)
+    monkeypatch.setattr(attention_module, "_BLOCK_ELEMENTS", 1)  # blocks of d = 8 query rows
     blocked = ops.attention_with_significance_ref(q, k, v, mask, exclude_self=True)
     torch.testing.assert_close(blocked[0], whole[0], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(blocked[1], whole[1], atol=1e-5, rtol=1e-6)

@@ -22,10 +22,10 @@ from ._checks import check_float, check_mask, check_same_device, check_tensor
 
 OP = "attention_with_significance"
 
-# The reference materialises the probabilities of a block of query rows at a time: at most this many
-# fp32 scores (16 MiB) live at once, so its peak memory stays near that of a fused attention while
-# each block is still a large batched matmul.
-_BLOCK_ELEMENTS = 1 << 22
+# The reference materialises the probabilities of a block of query rows at a time, at most half as many
+# scores as q has elements (and at least this many): its peak memory then stays within the layer's own
+# activations, as a fused attention's does, while each block is still a large batched matmul.
+_BLOCK_ELEMENTS = 1 << 16
 
 
 def _masked_score_bias(key_padding_mask: torch.Tensor) -> torch.Tensor:
@@ -61,30 +61,32 @@ def attention_with_significance_ref(
 def _reference(q, k, v, key_padding_mask, scale, exclude_self, with_significance):
     B, N, H, d = q.shape
     scale = d**-0.5 if scale is None else float(scale)
-    qf = q.transpose(1, 2).float()
-    kt = k.transpose(1, 2).float().transpose(2, 3)
-    vf = v.transpose(1, 2).float()
-    bias = _masked_score_bias(key_padding_mask)[:, None, None, :]
+    # One contiguous (B*H, N, d) copy of each input, scale folded into q: every block's GEMMs then read
+    # dense operands instead of re-gathering the strided projection views block after block.
+    qf = torch.empty(B, H, N, d, dtype=torch.float32, device=q.device)
+    qf = qf.copy_(q.transpose(1, 2)).mul_(scale).view(B * H, N, d)
+    kt = k.float().transpose(1, 2).reshape(B * H, N, d).transpose(1, 2)
+    vf = v.float().transpose(1, 2).reshape(B * H, N, d)
+    bias = _masked_score_bias(key_padding_mask)[:, None, None, :].expand(B, H, 1, N).reshape(B * H, 1, N)
     votes = key_padding_mask.float()
-    block = max(1, min(N, _BLOCK_ELEMENTS // max(1, B * H * N)))
-    outs = []
+    block = max(1, min(N, max(_BLOCK_ELEMENTS, B * N * H * d // 2) // (B * H * N)))
+    out = torch.empty(B, N, H, d, dtype=torch.float32, device=q.device)
     significance = torch.zeros(B, N, dtype=torch.float32, device=q.device)
     for start in range(0, N, block):
         stop = min(N, start + block)
-        scores = torch.matmul(qf[:, :, start:stop], kt).mul_(scale).add_(bias)
-        probs = torch.softmax(scores, dim=-1)
-        outs.append(torch.matmul(probs, vf))
+        rows = stop - start
+        # The padding bias enters as the GEMM's initial value (beta = 1): no extra pass over the scores.
+        probs = torch.softmax(torch.baddbmm(bias, qf[:, start:stop], kt), dim=-1)
+        out[:, start:stop] = torch.bmm(probs, vf).view(B, H, rows, d).transpose(1, 2)
         if not with_significance:
             continue
         # Column sums over heads and real query rows as one batched matvec: (B, 1, H*rows) @ (B, H*rows, N).
-        w = votes[:, None, start:stop].expand(B, H, stop - start).reshape(B, 1, -1)
-        significance += torch.bmm(w, probs.reshape(B, -1, N)).squeeze(1)
+        w = votes[:, None, start:stop].expand(B, H, rows).reshape(B, 1, H * rows)
+        significance += torch.bmm(w, probs.view(B, H * rows, N)).squeeze(1)
         if exclude_self:
-            diag = torch.diagonal(probs, offset=start, dim1=-2, dim2=-1)
+            diag = torch.diagonal(probs.view(B, H, rows, N), offset=start, dim1=-2, dim2=-1)
             significance[:, start:stop] -= diag.sum(dim=1) * votes[:, start:stop]
-    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-    out = out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype)
-    return out, significance
+    return out.view(B, N, H * d).to(q.dtype), significance
 
 
 def _torch_impl(q, k, v, key_padding_mask, scale, exclude_self):
@@ -142,11 +144,13 @@ def _backward(ctx, grad_out, grad_significance):
 _attention_with_significance_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-@register_flop_formula(torch.ops.powerbert.attention_with_significance)
 def _attention_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
     # Q K^T and P V, as FlopCounterMode counts a plain attention; the column sums are not matmul work.
     B, N, H, d = q_shape
     return 4 * B * H * N * N * d
+
+
+register_flop_formula(torch.ops.powerbert.attention_with_significance)(_attention_flops)
 
 
 def _check_qkv(q, k, v):
