@@ -11,12 +11,15 @@ to both and not counted).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -89,6 +92,20 @@ def time_interleaved(
     return times
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    # The profiler's native library logs its start and stop to file descriptor 2; keep the reports clean.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
     """Peak memory allocated by one call of ``fn`` above what was allocated before it, in MiB.
 
@@ -104,7 +121,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     try:
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -232,8 +249,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from .models import apply_power_bert, flop_ratio, keep_counts, parse_retention
 
     if args.backend:
