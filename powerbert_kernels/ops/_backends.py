@@ -13,3 +13,10 @@ except Exception as exc:  # ImportError, or a Triton build that fails on import
     _dispatch.set_missing_reason("triton", f"Triton is not usable: {type(exc).__name__}: {exc}")
 else:
     _register_triton()
+
+try:
+    from ..ext import register as _register_ext
+
+    _register_ext()
+except Exception as exc:  # not built, built against another PyTorch, or failing to load
+    _dispatch.set_missing_reason("ext", f"the compiled extension is not usable: {exc}")

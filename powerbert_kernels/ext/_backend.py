@@ -1,0 +1,128 @@
+"""The ``ext`` backend of the public ops: what it runs, where it can run, and where it is picked.
+
+- ``select_gather``: the C++ / CUDA select-and-gather kernel (no sort: O(N) selection per row on the
+  CPU, a rank count per position on the GPU, then a copy of the kept rows).
+- ``attention_with_significance``: attention computed with PyTorch as the reference does (fp32 scores,
+  softmax and probs @ v, block by block over query rows to bound memory), with the significance of
+  each block of probabilities from ``powerbert::significance_from_probs`` (one read of the block, no
+  expanded vote matrix, the diagonal left out in the same pass). This is what a GPU without fused
+  Triton attention (before Volta) runs.
+
+Where it is picked automatically: on CUDA whenever the kernels were built for the GPU (after Triton in
+the dispatch order, so on GPUs Triton cannot serve); on the CPU only where it measured at least as
+fast as the reference with no more memory (benchmarks/results/ext_cpu.md): select-and-gather yes,
+attention no.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..ops import _dispatch
+from ..ops._checks import FLOAT_DTYPES
+
+# On the CPU the reference's block bound (16 MiB of fp32 scores). On a GPU larger blocks keep the
+# batched matmuls efficient while still bounding the N x N probabilities: 64 MiB of fp32 scores.
+_BLOCK_ELEMENTS_CPU = 1 << 22
+_BLOCK_ELEMENTS_CUDA = 1 << 24
+
+CPU_ATTENTION_NOT_AUTOMATIC = (
+    "on the CPU the extension runs the same PyTorch attention as the reference and only replaces its column "
+    "sums, which measured no faster (see benchmarks/results/ext_cpu.md); it runs only when forced"
+)
+
+
+def attention_with_significance_ext(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    scale: float,
+    exclude_self: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with significance: PyTorch attention, significance from the extension.
+
+    Args:
+        q, k, v: (B, N, H, d) float, last dimension contiguous.
+        key_padding_mask: (B, N) bool, True = real token.
+        scale: score scale.
+        exclude_self: leave each vector's attention to itself out of its significance.
+
+    Returns:
+        out (B, N, H*d) in the dtype of ``q``; significance (B, N) float32.
+    """
+    from ..ops.attention import _masked_score_bias  # the reference's masking convention, shared
+
+    B, N, H, d = q.shape
+    qf = q.transpose(1, 2).float()
+    kt = k.transpose(1, 2).float().transpose(2, 3)
+    vf = v.transpose(1, 2).float()
+    bias = _masked_score_bias(key_padding_mask)[:, None, None, :]
+    mask = key_padding_mask.contiguous()
+    limit = _BLOCK_ELEMENTS_CUDA if q.is_cuda else _BLOCK_ELEMENTS_CPU
+    block = max(1, min(N, limit // max(1, B * H * N)))
+    outs = []
+    significance = None
+    for start in range(0, N, block):
+        stop = min(N, start + block)
+        scores = torch.matmul(qf[:, :, start:stop], kt).mul_(scale).add_(bias)
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        outs.append(torch.matmul(probs, vf))
+        part = torch.ops.powerbert.significance_from_probs(probs, mask, start, exclude_self)
+        significance = part if significance is None else significance.add_(part)
+    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    return out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype), significance
+
+
+def select_gather_ext(
+    hidden: torch.Tensor, significance: torch.Tensor, mask: torch.Tensor, keep: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The extension's select-and-gather. Shapes as :func:`powerbert_kernels.ops.select_gather_ref`."""
+    return torch.ops.powerbert.select_gather_ext(hidden, significance, mask, keep)
+
+
+@functools.cache
+def _cuda_device_reasons(index: int) -> tuple[str, ...]:
+    from .. import _C
+
+    if not getattr(_C, "WITH_CUDA", 0):
+        return ("the extension was built without CUDA kernels (rebuild it with a CUDA toolkit and a CUDA "
+                "PyTorch, see docs/ext.md)",)
+    error = _C.cuda_kernel_error(index)
+    if error is None:
+        return ()
+    major, minor = torch.cuda.get_device_capability(index)
+    return (f"its CUDA kernels (built for {_C.CUDA_ARCHS}) cannot run on {torch.cuda.get_device_name(index)} "
+            f"(sm_{major}{minor}): {error}; rebuild with TORCH_CUDA_ARCH_LIST=\"{major}.{minor}\"",)
+
+
+def _unsupported(facts: _dispatch.CallFacts) -> list[str]:
+    reasons = []
+    if facts.dtype not in FLOAT_DTYPES:
+        reasons.append(f"dtype {facts.dtype} is not supported (float16, bfloat16 or float32)")
+    device = facts.device
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        reasons.extend(_cuda_device_reasons(index))
+    elif device.type != "cpu":
+        reasons.append(f"it has no {device.type} kernels (CPU and CUDA only)")
+    return reasons
+
+
+def _attention_not_automatic(facts: _dispatch.CallFacts) -> list[str]:
+    return [CPU_ATTENTION_NOT_AUTOMATIC] if facts.device.type == "cpu" else []
+
+
+def _always_automatic(facts: _dispatch.CallFacts) -> list[str]:
+    return []
+
+
+def register() -> None:
+    """Register the ``ext`` implementations with the dispatcher."""
+    _dispatch.register(
+        "attention_with_significance", "ext", attention_with_significance_ext, _unsupported, _attention_not_automatic
+    )
+    _dispatch.register("select_gather", "ext", select_gather_ext, _unsupported, _always_automatic)
