@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "demo": "powerbert_kernels.demo",
     "bench": "powerbert_kernels.benchmarking",
+    "check-cuda": "powerbert_kernels.ext.check_cuda",
 }
 
 
