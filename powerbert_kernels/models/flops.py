@@ -43,6 +43,7 @@ def model_flops(model: nn.Module, batch: int, seq_len: int, retention: Retention
         total += 2 * rows * A * D  # attention output projection
         total += 2 * (batch * kept) * D * inner * 2  # feed-forward, on the kept vectors only
         received = kept
+    total += adapter.encoder_extra_flops(base, batch, seq_len)
     total += _cls_linear_flops(model, base, batch)
     return total
 

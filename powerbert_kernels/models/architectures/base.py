@@ -55,6 +55,10 @@ class EncoderAdapter:
         """The pooler output from the CLS vector ``hidden[:, 0]``, or None if the model has no pooler."""
         return None
 
+    def encoder_extra_flops(self, base: nn.Module, batch: int, seq_len: int) -> int:
+        """Matrix FLOPs the encoder spends outside its layers and pooler (e.g. an embedding projection)."""
+        return 0
+
     def dims(self, config) -> dict[str, int]:
         """``hidden``, ``heads``, ``intermediate``, ``layers``: what the FLOP count needs."""
         return {
