@@ -228,3 +228,19 @@ def test_unsupported_model_types_are_refused():
         config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                             position_embedding_type="relative_key")
         apply_power_bert(BertModel(config), [4])
+
+
+def test_compiles_into_one_graph():
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                        vocab_size=100, num_labels=2)
+    model = apply_power_bert(BertForSequenceClassification(config).eval(), [6, 3])
+    ids = torch.randint(0, 100, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 7:] = 0
+    torch._dynamo.reset()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask)
+        got = torch.compile(model, fullgraph=True, backend="aot_eager")(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(got.logits, want.logits)
+    assert torch.equal(got.kept_indices, want.kept_indices)

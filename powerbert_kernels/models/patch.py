@@ -157,9 +157,10 @@ def _key_padding_mask(attention_mask, batch: int, length: int, device: torch.dev
             f"attention_mask must have shape (batch, seq_len) = ({batch}, {length}), got {tuple(attention_mask.shape)}"
         )
     mask = attention_mask.to(device=device, dtype=torch.bool)
-    # One host sync per forward: a row without any real token has no CLS vector to keep and no defined
-    # significance, so it is refused here rather than producing NaNs deep in the encoder.
-    if not bool(mask.any(dim=1).all()):
+    # One host sync per eager forward: a row without any real token has no CLS vector to keep and no
+    # defined significance, so it is refused here rather than producing NaNs deep in the encoder. A
+    # compiled model skips the check (a data-dependent branch would break its graph).
+    if not torch.compiler.is_compiling() and not bool(mask.any(dim=1).all()):
         raise ValueError("attention_mask: every row needs at least one real token (a 1)")
     return mask
 
