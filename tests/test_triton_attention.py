@@ -94,9 +94,8 @@ def check_against_reference(q, k, v, mask, exclude_self, config=None):
 
 
 def two_pass(B, N, H, d, dtype):
-    base = default_config(B, N, H, d, dtype, DEVICE)
-    if base.variant == "two_pass":
-        return base
+    if N > 256:
+        return default_config(B, N, H, d, dtype, DEVICE, variant="two_pass")
     # Small tiles so that short test lengths still cross several key and query blocks.
     return AttentionConfig("two_pass", block_m=32, block_n=16, num_warps=4, num_stages=2, sig_block_m=16,
                            sig_block_n=32)
@@ -139,6 +138,10 @@ def test_default_config_picks_single_pass_only_for_short_rows():
     assert default_config(2, 257, 12, 64, torch.float16, DEVICE).variant == "two_pass"
     # Whole K and V tiles of 256 x 128 halves would not fit the shared memory of every supported GPU.
     assert default_config(2, 256, 12, 128, torch.float16, DEVICE).variant == "two_pass"
+    assert default_config(2, 64, 12, 64, torch.float16, DEVICE, variant="two_pass").variant == "two_pass"
+    assert default_config(2, 512, 12, 64, torch.float16, DEVICE, variant="single_pass").block_n == 512
+    with pytest.raises(ValueError, match="variant"):
+        default_config(2, 64, 12, 64, torch.float16, DEVICE, variant="three_pass")
 
 
 def test_both_variants_agree_and_all_padding_rows_attend_uniformly():

@@ -275,15 +275,22 @@ def single_pass_fits(seq_len: int, head_dim: int, dtype: torch.dtype) -> bool:
 
 
 def default_config(batch: int, seq_len: int, heads: int, head_dim: int, dtype: torch.dtype,
-                   device: torch.device) -> AttentionConfig:
+                   device: torch.device, variant: str | None = None) -> AttentionConfig:
     """Tile sizes for a call; fixed per shape (no autotuning), so results are reproducible run to run.
 
     Autotuning would pick configurations per process by timing, and a different tile order changes the
     rounding of the significance, which can flip the selection of near-tied vectors between runs.
+    ``variant`` forces ``"single_pass"`` (for N up to 512) or ``"two_pass"``; ``None`` picks the single
+    pass where :func:`single_pass_fits`.
     """
     d_pad = _pow2(head_dim)
     n_pad = _pow2(seq_len)
-    if (n_pad, d_pad, dtype) not in _single_pass_out_of_resources and single_pass_fits(seq_len, head_dim, dtype):
+    if variant not in (None, "single_pass", "two_pass"):
+        raise ValueError(f"variant must be 'single_pass', 'two_pass' or None, got {variant!r}")
+    if variant == "single_pass" and n_pad > 512:
+        raise ValueError(f"variant 'single_pass' holds whole rows of at most 512 positions, got N={seq_len}")
+    automatic = variant is None and (n_pad, d_pad, dtype) not in _single_pass_out_of_resources
+    if variant == "single_pass" or (automatic and single_pass_fits(seq_len, head_dim, dtype)):
         block_m = min(64, n_pad)
         return AttentionConfig("single_pass", block_m, n_pad, num_warps=4 if n_pad <= 128 else 8, num_stages=1)
     wide = dtype == torch.float32 or d_pad > 64
@@ -358,7 +365,7 @@ def attention_with_significance_triton(
                 # This GPU has too little shared memory or registers for the whole-row tile: remember
                 # and use the two-pass kernels, which stream the keys in small tiles.
                 _single_pass_out_of_resources.add((_pow2(N), block_d, q.dtype))
-                config = default_config(B, N, H, d, q.dtype, q.device)
+                config = default_config(B, N, H, d, q.dtype, q.device, variant="two_pass")
         if config.variant != "two_pass":
             raise ValueError(f"config.variant must be 'two_pass' or 'single_pass', got {config.variant!r}")
         lse = torch.empty(B * H, N, dtype=torch.float32, device=q.device)
