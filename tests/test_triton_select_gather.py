@@ -130,6 +130,8 @@ def test_public_op_forced_triton(monkeypatch):
 def test_dispatch_facts():
     facts = CallFacts(DEVICE, torch.bfloat16, {"hidden_size": 768, "seq_len": 128})
     assert _common.unsupported_select_gather(facts) == []
+    too_long = CallFacts(DEVICE, torch.float16, {"hidden_size": 8, "seq_len": (1 << 20) + 1})
+    assert any("sequence length" in reason for reason in _common.unsupported_select_gather(too_long))
     if ON_GPU:
         assert ops.resolve("select_gather", facts) == "triton"
     else:

@@ -13,6 +13,9 @@ import triton.language as tl
 from ..ops._checks import FLOAT_DTYPES
 from ..ops._dispatch import CallFacts
 
+MAX_SEQ_LEN = 1 << 20
+"""Longest row select-gather can order (its sort key holds 20 bits of position)."""
+
 MAX_HEAD_DIM = 256
 """Largest head dimension the attention kernels take (padded to a power of two; the output
 accumulator of a query tile, BLOCK_M x d in fp32, has to stay in registers)."""
@@ -108,7 +111,11 @@ def unsupported_attention(facts: CallFacts) -> list[str]:
 
 def unsupported_select_gather(facts: CallFacts) -> list[str]:
     """Every reason the Triton select-and-gather kernels cannot run a call (empty: they can)."""
-    return _device_reasons(facts) + _dtype_reasons(facts)
+    reasons = _device_reasons(facts) + _dtype_reasons(facts)
+    seq_len = facts.extra.get("seq_len")
+    if isinstance(seq_len, int) and seq_len > MAX_SEQ_LEN:
+        reasons.append(f"sequence length {seq_len} exceeds {MAX_SEQ_LEN}, the longest the kernel's sort key orders")
+    return reasons
 
 
 def not_automatic(facts: CallFacts) -> list[str]:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from ..ops.attention import attention_with_significance_ref as reference  # noqa: F401  (the semantics)
 from ._common import cuda_device_guard, multiprocessor_count
@@ -361,7 +362,7 @@ def attention_with_significance_triton(
                 _launch_single_pass(q, k, v, mask, out, significance, strides, qk_scale, exclude_self,
                                     config, block_d, precision)
                 return out, significance
-            except triton.runtime.errors.OutOfResources:
+            except OutOfResources:
                 # This GPU has too little shared memory or registers for the whole-row tile: remember
                 # and use the two-pass kernels, which stream the keys in small tiles.
                 _single_pass_out_of_resources.add((_pow2(N), block_d, q.dtype))

@@ -33,13 +33,9 @@ import triton
 import triton.language as tl
 
 from ..ops.select_gather import select_gather_ref as reference  # noqa: F401  (the semantics)
-from ._common import cuda_device_guard
+from ._common import MAX_SEQ_LEN, cuda_device_guard
 
 __all__ = ["MAX_SEQ_LEN", "reference", "select_gather_triton"]
-
-MAX_SEQ_LEN = 1 << 20
-"""Longest row the sort key can order (20 bits of position)."""
-
 
 @triton.jit
 def _sort_keys(SIG, MASK, row, pos, N, cls_pos):
@@ -47,10 +43,12 @@ def _sort_keys(SIG, MASK, row, pos, N, cls_pos):
     ok = pos < N
     real = tl.load(MASK + row * N + pos, mask=ok, other=0) != 0
     sig = tl.load(SIG + row * N + pos, mask=ok, other=0.0)
-    # Canonicalise what torch.sort treats as equal: -0.0 == 0.0, and every NaN is one value above +inf.
-    sig = tl.where(sig == 0.0, 0.0, sig)
-    sig = tl.where(sig != sig, float("nan"), sig)
     bits = sig.to(tl.int32, bitcast=True)
+    # Canonicalise what torch.sort treats as equal, on the bits (immune to floating-point folding):
+    # -0.0 becomes +0.0, and every NaN one positive NaN, which orders above +inf below.
+    magnitude = bits & 0x7FFFFFFF
+    bits = tl.where(magnitude == 0, 0, bits)
+    bits = tl.where(magnitude > 0x7F800000, 0x7FC00000, bits)
     # IEEE floats order like sign-magnitude integers: flipping the magnitude bits of negatives makes the
     # signed integer order equal the float order; +2**31 then makes it unsigned.
     ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64) + 2147483648
