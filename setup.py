@@ -19,6 +19,7 @@ Environment switches:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -47,12 +48,10 @@ def _cuda_arch_tag() -> str:
         flags = _get_cuda_arch_flags()
     except Exception:  # a private helper: only informational, so never fail the build over it
         return "unknown"
-    codes = []
-    for flag in flags:
-        for part in flag.split("code=")[1:]:
-            code = part.strip("[]").split(",")[0]
-            if code not in codes:
-                codes.append(code)
+    codes: list[str] = []
+    for flag in flags:  # -gencode=arch=compute_37,code=sm_37 or ...,code=[sm_90,compute_90]
+        for group in re.findall(r"code=\[?((?:sm|compute)_\w+(?:,(?:sm|compute)_\w+)*)", flag):
+            codes.extend(code for code in group.split(",") if code not in codes)
     return "+".join(codes) or "unknown"
 
 

@@ -20,9 +20,13 @@
 #ifndef POWERBERT_WITH_CUDA
 #define POWERBERT_WITH_CUDA 0
 #endif
+// setup.py passes the CUDA architectures as one bare token (sm_37+sm_60+compute_90): no quotes to
+// survive the build's shell.
 #ifndef POWERBERT_CUDA_ARCHS
-#define POWERBERT_CUDA_ARCHS ""
+#define POWERBERT_CUDA_ARCHS none
 #endif
+#define POWERBERT_STRINGIFY_(x) #x
+#define POWERBERT_STRINGIFY(x) POWERBERT_STRINGIFY_(x)
 
 namespace powerbert {
 
@@ -219,7 +223,7 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&module_def);
   if (m == nullptr) return nullptr;
   if (PyModule_AddIntConstant(m, "WITH_CUDA", POWERBERT_WITH_CUDA) < 0 ||
-      PyModule_AddStringConstant(m, "CUDA_ARCHS", POWERBERT_CUDA_ARCHS) < 0) {
+      PyModule_AddStringConstant(m, "CUDA_ARCHS", POWERBERT_STRINGIFY(POWERBERT_CUDA_ARCHS)) < 0) {
     Py_DECREF(m);
     return nullptr;
   }

@@ -3,9 +3,9 @@
 - ``select_gather``: the C++ / CUDA select-and-gather kernel (no sort: O(N) selection per row on the
   CPU, a rank count per position on the GPU, then a copy of the kept rows).
 - ``attention_with_significance``: attention computed with PyTorch as the reference does (fp32 scores,
-  softmax and probs @ v, block by block over query rows to bound memory), with the significance of
-  each block of probabilities from ``powerbert::significance_from_probs`` (one read of the block, no
-  expanded vote matrix, the diagonal left out in the same pass). This is what a GPU without fused
+  softmax and probs @ v, block by block over query rows with the reference's memory bound), with the
+  significance of each block of probabilities from ``powerbert::significance_from_probs`` (one read of
+  the block, no vote matrix, the diagonal left out in the same pass). This is what a GPU without fused
   Triton attention (before Volta) runs.
 
 Where it is picked automatically: on CUDA whenever the kernels were built for the GPU (after Triton in
@@ -22,11 +22,6 @@ import torch
 
 from ..ops import _dispatch
 from ..ops._checks import FLOAT_DTYPES
-
-# On the CPU the reference's block bound (16 MiB of fp32 scores). On a GPU larger blocks keep the
-# batched matmuls efficient while still bounding the N x N probabilities: 64 MiB of fp32 scores.
-_BLOCK_ELEMENTS_CPU = 1 << 22
-_BLOCK_ELEMENTS_CUDA = 1 << 24
 
 CPU_ATTENTION_NOT_AUTOMATIC = (
     "on the CPU the extension runs the same PyTorch attention as the reference and only replaces its column "
@@ -53,28 +48,30 @@ def attention_with_significance_ext(
     Returns:
         out (B, N, H*d) in the dtype of ``q``; significance (B, N) float32.
     """
-    from ..ops.attention import _masked_score_bias  # the reference's masking convention, shared
+    # The reference's conventions, shared rather than copied: the padding bias, and the bound on the
+    # probabilities materialised at once (so this path holds no more memory than the reference).
+    from ..ops.attention import _BLOCK_ELEMENTS, _masked_score_bias
 
     B, N, H, d = q.shape
-    qf = q.transpose(1, 2).float()
-    kt = k.transpose(1, 2).float().transpose(2, 3)
-    vf = v.transpose(1, 2).float()
-    bias = _masked_score_bias(key_padding_mask)[:, None, None, :]
+    # Dense fp32 (B*H, N, d) operands with the scale folded into q, as the reference builds them.
+    qf = torch.empty(B, H, N, d, dtype=torch.float32, device=q.device)
+    qf = qf.copy_(q.transpose(1, 2)).mul_(scale).view(B * H, N, d)
+    kt = k.float().transpose(1, 2).reshape(B * H, N, d).transpose(1, 2)
+    vf = v.float().transpose(1, 2).reshape(B * H, N, d)
+    bias = _masked_score_bias(key_padding_mask)[:, None, None, :].expand(B, H, 1, N).reshape(B * H, 1, N)
     mask = key_padding_mask.contiguous()
-    limit = _BLOCK_ELEMENTS_CUDA if q.is_cuda else _BLOCK_ELEMENTS_CPU
-    block = max(1, min(N, limit // max(1, B * H * N)))
-    outs = []
+    block = max(1, min(N, max(_BLOCK_ELEMENTS, B * N * H * d // 2) // (B * H * N)))
+    out = torch.empty(B, N, H, d, dtype=torch.float32, device=q.device)
     significance = None
     for start in range(0, N, block):
         stop = min(N, start + block)
-        scores = torch.matmul(qf[:, :, start:stop], kt).mul_(scale).add_(bias)
-        probs = torch.softmax(scores, dim=-1)
-        del scores
-        outs.append(torch.matmul(probs, vf))
-        part = torch.ops.powerbert.significance_from_probs(probs, mask, start, exclude_self)
+        rows = stop - start
+        probs = torch.softmax(torch.baddbmm(bias, qf[:, start:stop], kt), dim=-1)
+        out[:, start:stop] = torch.bmm(probs, vf).view(B, H, rows, d).transpose(1, 2)
+        # One read of the block: masked column sums over heads and real rows, diagonal left out.
+        part = torch.ops.powerbert.significance_from_probs(probs.view(B, H, rows, N), mask, start, exclude_self)
         significance = part if significance is None else significance.add_(part)
-    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-    return out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype), significance
+    return out.view(B, N, H * d).to(q.dtype), significance
 
 
 def select_gather_ext(
