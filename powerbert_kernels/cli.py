@@ -14,6 +14,8 @@ COMMANDS: dict[str, str] = {
     "demo": "powerbert_kernels.demo",
     "bench": "powerbert_kernels.benchmarking",
     "check-cuda": "powerbert_kernels.ext.check_cuda",
+    "train": "powerbert_kernels.training.cli_train",
+    "eval": "powerbert_kernels.training.cli_eval",
 }
 
 

@@ -1,0 +1,79 @@
+"""Plots of a training report (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_retention(report: dict, path: str) -> str:
+    """Tokens kept per layer for every run (left) and the search's mass per layer over steps (right).
+
+    Args:
+        report: the pipeline's report (``runs`` with ``kept_per_layer``, ``lambda``, ``mass_history``).
+        path: PNG to write.
+    """
+    plt = _pyplot()
+    runs = report["runs"]
+    histories = [r for r in runs if r.get("mass_history")]
+    fig, axes = plt.subplots(1, 2 if histories else 1, figsize=(11 if histories else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    n = report["max_length"]
+    for run in runs:
+        kept = run["kept_per_layer"]
+        label = "given configuration" if run["lambda"] is None else f"lambda={run['lambda']:g}"
+        ax.plot(range(1, len(kept) + 1), kept, marker="o", label=f"{label} ({run['flop_ratio']:.2f}x FLOPs)")
+    ax.axhline(n, color="grey", linestyle="--", linewidth=1, label=f"stock (N={n})")
+    ax.set_xlabel("encoder layer j")
+    ax.set_ylabel("word-vectors kept l_j")
+    ax.set_ylim(0, n * 1.05)
+    ax.set_title("Retention configuration")
+    ax.legend(fontsize=8)
+    if histories:
+        ax = axes[0][1]
+        run = next((r for r in histories if r["lambda"] == report.get("lambda")), histories[0])
+        steps = [h["step"] for h in run["mass_history"]]
+        layers = len(run["mass_history"][0]["masses"])
+        for j in range(layers):
+            ax.plot(steps, [h["masses"][j] for h in run["mass_history"]], label=f"layer {j + 1}")
+        ax.set_xlabel("search step")
+        ax.set_ylabel("mass sum_k r_j[k]")
+        ax.set_title(f"Configuration search (lambda={run['lambda']:g})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(report: dict, path: str) -> str:
+    """Eval metric against FLOP ratio, one point per lambda, with the baseline as a line."""
+    plt = _pyplot()
+    runs = sorted(report["runs"], key=lambda r: r["flop_ratio"])
+    name = report["metric_name"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["flop_ratio"] for r in runs]
+    ys = [r["metrics"][name] for r in runs]
+    ax.plot(xs, ys, marker="o", label="PoWER-BERT")
+    for r, x, y in zip(runs, xs, ys, strict=True):
+        text = f"λ={r['lambda']:g}" if r["lambda"] is not None else "given"
+        if r.get("speedup") is not None:
+            text += f"\n{r['speedup']:.2f}x measured"
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    base = report["baseline_metric"]
+    ax.axhline(base, color="grey", linestyle="--", linewidth=1, label=f"fine-tuned baseline ({base:.1f})")
+    ax.axhline(base - 1, color="grey", linestyle=":", linewidth=1, label="baseline - 1 point")
+    ax.set_xlabel("FLOP ratio (stock / PoWER-BERT)")
+    ax.set_ylabel(f"eval {name} (points)")
+    ax.set_title("Accuracy / speed trade-off")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
