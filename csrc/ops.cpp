@@ -92,15 +92,19 @@ namespace {
 at::Tensor significance_from_probs_cpu(const at::Tensor& probs, const at::Tensor& mask, int64_t q_offset,
                                        bool exclude_self) {
   const SignificanceShape s = check_significance_args(probs, mask, q_offset);
-  at::Tensor out = at::zeros({s.B, s.N}, probs.options().dtype(at::kFloat));
-  if (s.B == 0 || s.N == 0 || s.H == 0 || s.n_q == 0) return out;
+  if (s.B == 0 || s.N == 0 || s.H == 0 || s.n_q == 0) return at::zeros({s.B, s.N}, probs.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({s.B, s.N}, probs.options().dtype(at::kFloat));  // every element is written
 
-  // Tasks are (batch row, column chunk). Chunks shrink when there are few rows so that every
-  // thread gets work, and stay at most 1024 columns so a chunk's accumulators sit in L1. Each
-  // column is summed in the same order whatever the chunking, so results do not depend on threads.
+  // Tasks are (batch row, column chunk). Chunks stay at most 1024 columns so the accumulators sit in
+  // L1, and shrink (to 128 columns at least, below which the per-row overhead shows) when there are
+  // too few batch rows to give every thread two tasks. Each column is summed in the same order
+  // whatever the chunking, so results do not depend on the number of threads.
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  int64_t chunk = (s.B * s.N + 4 * threads - 1) / (4 * threads);
-  chunk = std::min<int64_t>(1024, std::max<int64_t>(64, (chunk + 15) / 16 * 16));
+  int64_t chunk = 1024;
+  if (threads > 1) {
+    const int64_t wanted = (s.B * s.N + 2 * threads - 1) / (2 * threads);
+    chunk = std::min<int64_t>(1024, std::max<int64_t>(128, (wanted + 15) / 16 * 16));
+  }
   chunk = std::min(chunk, s.N);
   const int64_t chunks = (s.N + chunk - 1) / chunk;
   // At least ~64K elements per parallel piece, so tiny calls do not pay for waking threads.
@@ -114,13 +118,15 @@ at::Tensor significance_from_probs_cpu(const at::Tensor& probs, const at::Tensor
     const auto* probs_ptr = static_cast<const typename T::storage*>(probs.const_data_ptr());
     const int64_t sb = probs.stride(0), sh = probs.stride(1), sq = probs.stride(2);
     at::parallel_for(0, s.B * chunks, grain, [&](int64_t begin, int64_t end) {
-      std::vector<float> head_acc(static_cast<size_t>(chunk));
+      std::vector<float> block_acc(static_cast<size_t>(chunk));
+      std::vector<const typename T::storage*> rows(static_cast<size_t>(s.H * s.n_q));
+      std::vector<i64> selves(static_cast<size_t>(s.H * s.n_q));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / chunks;
         const int64_t w0 = (task % chunks) * chunk;
         cpu::significance_columns<T>(probs_ptr + b * sb, sh, sq, s.H, s.n_q, mask_ptr + b * mask_sb, mask_sn,
-                                     q_offset, exclude_self, w0, std::min(s.N, w0 + chunk), head_acc.data(),
-                                     out_ptr + b * s.N);
+                                     q_offset, exclude_self, w0, std::min(s.N, w0 + chunk), block_acc.data(),
+                                     rows.data(), selves.data(), out_ptr + b * s.N);
       }
     });
   });
@@ -141,23 +147,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_gather_ext_cpu(const at::T
   const u8* mask_ptr = static_cast<const u8*>(mask.const_data_ptr());
   i64* idx_ptr = reinterpret_cast<i64*>(indices.data_ptr<int64_t>());
   bool* mask_out_ptr = mask_kept.data_ptr<bool>();
-  // Selection: one row per task, O(N) each (nth_element), with per-thread scratch.
-  at::parallel_for(0, B, std::max<int64_t>(1, 4096 / N), [&](int64_t begin, int64_t end) {
+  const int64_t es = hidden.element_size();
+  const int64_t row_bytes = D * es;
+  const char* src = static_cast<const char*>(hidden.const_data_ptr());
+  char* dst = static_cast<char*>(hidden_kept.data_ptr());
+  const int64_t sb = used_stride(hidden, 0) * es, sn = used_stride(hidden, 1) * es;
+
+  // Selection of rows [begin, end): O(N) each (nth_element), with per-task scratch.
+  auto select_rows = [&](int64_t begin, int64_t end) {
     std::vector<u64> keys(static_cast<size_t>(N)), scratch(static_cast<size_t>(N));
     for (int64_t b = begin; b < end; ++b) {
       cpu::select_row(sig_ptr + b * significance.stride(0), significance.stride(1), mask_ptr + b * mask.stride(0),
                       mask.stride(1), N, keep, keys.data(), scratch.data(), idx_ptr + b * keep,
                       mask_out_ptr + b * keep);
     }
-  });
-  // Gather: a memcpy per kept row, split over all B * keep rows so that small batches use every
-  // thread too; pieces of at least ~64 KiB amortise the threading.
-  const int64_t es = hidden.element_size();
-  const int64_t row_bytes = D * es;
+  };
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  if (B >= 2 * threads) {
+    // Enough rows for every thread: one parallel region, each task selecting a row and copying its kept
+    // vectors while they are hot. (Each parallel region costs a thread wake-up and a barrier.)
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      select_rows(begin, end);
+      if (row_bytes > 0) cpu::gather_rows(src, sb, sn, idx_ptr, keep, row_bytes, dst, begin * keep, end * keep);
+    });
+    return {hidden_kept, mask_kept, indices};
+  }
+  // Few rows: select them, then split the copy over all B * keep kept vectors so that every thread
+  // copies; pieces of at least ~64 KiB amortise the threading.
+  at::parallel_for(0, B, std::max<int64_t>(1, 4096 / N), select_rows);
   if (row_bytes > 0) {
-    const char* src = static_cast<const char*>(hidden.const_data_ptr());
-    char* dst = static_cast<char*>(hidden_kept.data_ptr());
-    const int64_t sb = used_stride(hidden, 0) * es, sn = used_stride(hidden, 1) * es;
     at::parallel_for(0, B * keep, std::max<int64_t>(1, (int64_t(1) << 16) / row_bytes), [&](int64_t begin, int64_t end) {
       cpu::gather_rows(src, sb, sn, idx_ptr, keep, row_bytes, dst, begin, end);
     });
