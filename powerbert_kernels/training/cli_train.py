@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of each phase (default: 0.1)")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
+    train.add_argument("--group-by-length", action="store_true",
+                       help="batch examples of similar length together: less padding, faster training")
     start = parser.add_argument_group("starting point and resuming")
     start.add_argument("--from-finetuned", action="store_true",
                        help="--model is already fine-tuned on the task: skip phase 1 (it is the baseline)")
@@ -125,6 +127,7 @@ def config_from_args(args: argparse.Namespace):
         logging_steps=args.logging_steps,
         keep_checkpoints=args.keep_checkpoints,
         bf16=args.bf16,
+        group_by_length=args.group_by_length,
         bench_repeats=args.bench_repeats,
         report_to=args.report_to,
         progress=not args.no_progress,
@@ -141,6 +144,8 @@ def setup_logging() -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from accelerate import PartialState
+
     from .pipeline import Pipeline
 
     setup_logging()
@@ -149,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"powerbert train: error: {e}") from None
     report = pipeline.run()
-    summary = {k: report[k] for k in ("metric_name", "baseline_metric", "power_metric", "retention",
-                                      "flop_ratio", "speedup", "phase_seconds")}
-    print(json.dumps(summary, indent=2))
+    if PartialState().is_main_process:
+        summary = {k: report[k] for k in ("metric_name", "baseline_metric", "power_metric", "retention",
+                                          "flop_ratio", "speedup", "phase_seconds")}
+        print(json.dumps(summary, indent=2))
     return 0

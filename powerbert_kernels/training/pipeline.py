@@ -4,7 +4,7 @@
 
     finetune/                    phase 1: the fine-tuned model (+ tokenizer), phase.json
     lambda_<value>/search/       phase 2: weights after the search (stock model, learned configuration
-                                 in config.json), search.json with the masses and r of every layer
+                                 in config.json), phase.json with the masses and r of every layer
     lambda_<value>/retrain/      phase 3: the PoWER-BERT model re-trained at that configuration
     config.json, model.safetensors, tokenizer files
                                  the final model: from_pretrained + apply_power_bert(model)
@@ -19,6 +19,7 @@ speed measured by the main process only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -78,6 +79,7 @@ class TrainConfig:
     logging_steps: int = 50
     keep_checkpoints: bool = False
     bf16: bool = False
+    group_by_length: bool = False
     bench_repeats: int = 10
     report_to: str = "none"
     progress: bool = True
@@ -282,11 +284,18 @@ class Pipeline:
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
         )
+        fields = {f.name for f in dataclasses.fields(TrainingArguments)}
         # Transformers 5 takes a warm-up fraction as a float warmup_steps; 4.x had warmup_ratio.
         if int(transformers.__version__.split(".")[0]) >= 5:
             kwargs["warmup_steps"] = cfg.warmup
         else:
             kwargs["warmup_ratio"] = cfg.warmup
+        if cfg.group_by_length:
+            # Batches of similar lengths pad less (dynamic padding): the same examples, far fewer FLOPs.
+            if "train_sampling_strategy" in fields:
+                kwargs["train_sampling_strategy"] = "group_by_length"
+            else:
+                kwargs["group_by_length"] = True
         return TrainingArguments(**kwargs)
 
     def _trainer(self, cls, model, folder: str, epochs: float, **extra):
