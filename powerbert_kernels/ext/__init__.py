@@ -16,19 +16,29 @@ reports it when ``ext`` is asked for.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import torch
 
+_MODULE = "powerbert_kernels._C"
 _C = None
 LOAD_ERROR: str | None = None
 """Why ``powerbert_kernels._C`` could not be loaded (None when it is loaded)."""
 
-try:
-    from .. import _C
-except ImportError as exc:
+if importlib.util.find_spec(_MODULE) is None:
     LOAD_ERROR = (
-        f"the compiled extension powerbert_kernels._C is not available ({exc}); build it with a C++ compiler: "
+        f"{_MODULE} is not built; build it with a C++ compiler and PyTorch present: "
         "`pip install --no-build-isolation -e .` (see docs/ext.md)"
     )
+else:
+    try:
+        _C = importlib.import_module(_MODULE)
+    except ImportError as exc:  # typically built against another PyTorch (undefined symbols)
+        LOAD_ERROR = (
+            f"{_MODULE} failed to load ({exc}); rebuild it against the installed PyTorch "
+            f"{torch.__version__}: `pip install --no-build-isolation -e .`"
+        )
 
 if _C is not None:
     from . import _ops  # noqa: F401  (fake and autograd registrations of the C++ operators)

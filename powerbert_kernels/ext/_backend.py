@@ -25,7 +25,8 @@ from ..ops._checks import FLOAT_DTYPES
 
 CPU_ATTENTION_NOT_AUTOMATIC = (
     "on the CPU the extension runs the same PyTorch attention as the reference and only replaces its column "
-    "sums, which measured no faster (see benchmarks/results/ext_cpu.md); it runs only when forced"
+    "sums: measured within a few percent of the reference, no consistent gain (benchmarks/results/ext_cpu.md), "
+    "so it runs only when forced"
 )
 
 

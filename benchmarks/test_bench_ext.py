@@ -1,0 +1,209 @@
+"""Benchmarks of the compiled extension (``ext``) against the PyTorch references.
+
+CPU (wherever the extension is built):
+- select-and-gather at B=32, N=512, D=768: at least 2x faster than ``select_gather_ref`` (topk-style
+  sorts + gather), with no more peak memory;
+- significance from materialised probabilities: at least as fast as the reference's column sums (the
+  batched mat-vec and diagonal correction of ``attention_with_significance_ref``);
+- the ext attention against the reference attention, recorded only: it is what decides that the CPU
+  dispatcher does not pick ``ext`` for attention.
+
+GPU (skipped without CUDA): significance from probabilities reads the probability tensor once at 70% or
+more of the device-to-device copy bandwidth measured in the same run.
+
+Ratios come from one interleaved run (reference and extension alternate call by call, so both see the
+same machine load) and compare medians. Run with ``pytest benchmarks/test_bench_ext.py``; on a machine
+without a GPU add ``--noconftest`` (the benchmarks' conftest skips everything there).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from powerbert_kernels import ext, ops
+from powerbert_kernels.benchmarking import peak_memory_mb
+from powerbert_kernels.ext._backend import attention_with_significance_ext
+
+CUDA = torch.cuda.is_available()
+ROUNDS = 41
+
+pytestmark = pytest.mark.skipif(not ext.is_loaded(), reason=f"extension not built: {ext.LOAD_ERROR}")
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int = ROUNDS, warmup: int = 3,
+                        sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median seconds per call of each function, calling them in turn (order alternating every round)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    items = list(fns.items())
+    for r in range(rounds):
+        for name, fn in items if r % 2 == 0 else items[::-1]:
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def right_padded_mask(B: int, N: int, g: torch.Generator, device: str = "cpu") -> torch.Tensor:
+    """(B, N) bool: each row real for a random length between N/2 and N."""
+    lengths = torch.randint(N // 2, N + 1, (B,), generator=g)
+    return (torch.arange(N)[None, :] < lengths[:, None]).to(device)
+
+
+def significance_like_attention(mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return (torch.rand(mask.shape, generator=g) + 0.01).to(mask.device).masked_fill(~mask, 0.0)
+
+
+def reference_column_sums(probs: torch.Tensor, mask: torch.Tensor, start: int, exclude_self: bool) -> torch.Tensor:
+    """The column sums of ``attention_with_significance_ref`` for one block of query rows, as written there."""
+    B, H, rows, N = probs.shape
+    votes = mask.float()
+    w = votes[:, None, start : start + rows].expand(B, H, rows).reshape(B, 1, H * rows)
+    significance = torch.bmm(w, probs.view(B, H * rows, N)).squeeze(1)
+    if exclude_self:
+        diag = torch.diagonal(probs, offset=start, dim1=-2, dim2=-1)
+        significance[:, start : start + rows] -= diag.sum(dim=1) * votes[:, start : start + rows]
+    return significance
+
+
+def record(benchmark, fn: Callable[[], object], **info: object) -> None:
+    benchmark.extra_info.update(info)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()))
+    benchmark.pedantic(fn, rounds=10, warmup_rounds=1, iterations=1)
+
+
+# --- CPU -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_cpu_select_gather(benchmark, dtype):
+    g = torch.Generator().manual_seed(0)
+    B, N, D, keep = 32, 512, 768, 256
+    hidden = torch.randn(B, N, D, generator=g).to(dtype)
+    mask = right_padded_mask(B, N, g)
+    sig = significance_like_attention(mask, g)
+    ref = lambda: ops.select_gather_ref(hidden, sig, mask, keep)  # noqa: E731
+    cand = lambda: ext.select_gather_ext(hidden, sig, mask, keep)  # noqa: E731
+    medians = interleaved_medians({"reference": ref, "ext": cand})
+    ratio = medians["reference"] / medians["ext"]
+    with torch.inference_mode():
+        mem_ref, mem_ext = peak_memory_mb(ref, torch.device("cpu")), peak_memory_mb(cand, torch.device("cpu"))
+    benchmark.group = f"cpu select_gather B={B} N={N} D={D} keep={keep} {str(dtype)[6:]}"
+    record(benchmark, cand, ratio=ratio, ref_ms=medians["reference"] * 1e3, ext_ms=medians["ext"] * 1e3,
+           ref_peak_mib=mem_ref, ext_peak_mib=mem_ext, threads=torch.get_num_threads())
+    assert ratio >= 2.0
+    if mem_ref is not None and mem_ext is not None:
+        assert mem_ext <= mem_ref
+
+
+# Shapes the ext attention hands the op: blocks of d/2 = 32 query rows (the reference's memory bound),
+# plus whole probability matrices.
+SIG_SHAPES = [(32, 12, 32, 128), (8, 12, 32, 512), (32, 12, 128, 128), (1, 12, 512, 512)]
+
+
+@pytest.mark.parametrize("exclude_self", [False, True], ids=["with_self", "exclude_self"])
+@pytest.mark.parametrize("shape", SIG_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cpu_significance_from_probs(benchmark, shape, exclude_self):
+    g = torch.Generator().manual_seed(0)
+    B, H, n_q, N = shape
+    probs = torch.randn(B, H, n_q, N, generator=g).softmax(dim=-1)
+    mask = right_padded_mask(B, N, g)
+    mask[:, :n_q] = True  # the block's rows vote
+    ref = lambda: reference_column_sums(probs, mask, 0, exclude_self)  # noqa: E731
+    cand = lambda: ext.significance_from_probs(probs, mask, 0, exclude_self)  # noqa: E731
+    torch.testing.assert_close(cand(), ref(), rtol=1e-4, atol=1e-4)
+    medians = interleaved_medians({"reference": ref, "ext": cand}, rounds=101)
+    ratio = medians["reference"] / medians["ext"]
+    benchmark.group = f"cpu significance_from_probs {shape} exclude_self={exclude_self}"
+    record(benchmark, cand, ratio=ratio, ref_ms=medians["reference"] * 1e3, ext_ms=medians["ext"] * 1e3,
+           threads=torch.get_num_threads())
+    assert ratio >= 1.0
+
+
+@pytest.mark.parametrize("B,N", [(32, 128), (8, 512)])
+def test_cpu_attention_ext_vs_reference(benchmark, B, N):
+    # Recorded, not asserted: this is the measurement behind the CPU dispatcher's choice of the
+    # reference for attention (ext would only replace the column sums of the same PyTorch attention).
+    g = torch.Generator().manual_seed(0)
+    H, d = 12, 64
+    q, k, v = (torch.randn(B, N, H, d, generator=g) for _ in range(3))
+    mask = right_padded_mask(B, N, g)
+    ref = lambda: ops.attention_with_significance_ref(q, k, v, mask)  # noqa: E731
+    cand = lambda: attention_with_significance_ext(q, k, v, mask, d**-0.5, False)  # noqa: E731
+    medians = interleaved_medians({"reference": ref, "ext": cand}, rounds=15)
+    with torch.inference_mode():
+        mem_ref, mem_ext = peak_memory_mb(ref, torch.device("cpu")), peak_memory_mb(cand, torch.device("cpu"))
+    benchmark.group = f"cpu attention_with_significance B={B} N={N} H={H} d={d} fp32"
+    record(benchmark, cand, ratio=medians["reference"] / medians["ext"], ref_ms=medians["reference"] * 1e3,
+           ext_ms=medians["ext"] * 1e3, ref_peak_mib=mem_ref, ext_peak_mib=mem_ext, threads=torch.get_num_threads())
+
+
+# --- GPU -------------------------------------------------------------------------------------------
+
+
+def cuda_median_s(fn: Callable[[], object], rounds: int = 50, warmup: int = 5) -> float:
+    """Median seconds per call, CUDA events around each call."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", [(32, 12, 512, 512), (128, 12, 128, 128), (4, 12, 1024, 1024)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_gpu_significance_reads_probs_at_copy_bandwidth(benchmark, shape, dtype):
+    B, H, n_q, N = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    probs = torch.rand(B, H, n_q, N, device="cuda", dtype=dtype, generator=g) + 0.01
+    mask = torch.ones(B, N, dtype=torch.bool, device="cuda")  # every row votes: the whole tensor is read
+    copy_dst = torch.empty_like(probs)
+    copy = lambda: copy_dst.copy_(probs)  # noqa: E731
+    cand = lambda: ext.significance_from_probs(probs, mask, 0, True)  # noqa: E731
+    # Interleaved: copy, candidate, copy, candidate, ... each timed with CUDA events.
+    copy_s, cand_s = [], []
+    for _ in range(3):
+        copy_s.append(cuda_median_s(copy, rounds=20))
+        cand_s.append(cuda_median_s(cand, rounds=20))
+    nbytes = probs.numel() * probs.element_size()
+    copy_gbps = 2 * nbytes / statistics.median(copy_s) / 1e9  # read + write
+    sig_gbps = nbytes / statistics.median(cand_s) / 1e9  # one read
+    benchmark.group = f"gpu significance_from_probs {shape} {str(dtype)[6:]}"
+    record(benchmark, lambda: (cand(), torch.cuda.synchronize()), sig_gbps=sig_gbps, copy_gbps=copy_gbps,
+           fraction=sig_gbps / copy_gbps, device=torch.cuda.get_device_name())
+    assert sig_gbps >= 0.7 * copy_gbps
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_gpu_select_gather_vs_reference(benchmark, dtype):
+    g = torch.Generator().manual_seed(0)
+    B, N, D, keep = 32, 512, 768, 256
+    hidden = torch.randn(B, N, D, generator=g).to(dtype).cuda()
+    mask = right_padded_mask(B, N, g).cuda()
+    sig = significance_like_attention(mask.cpu(), g).cuda()
+    ref_s = cuda_median_s(lambda: ops.select_gather_ref(hidden, sig, mask, keep))
+    ext_s = cuda_median_s(lambda: ext.select_gather_ext(hidden, sig, mask, keep))
+    benchmark.group = f"gpu select_gather B={B} N={N} D={D} keep={keep} {str(dtype)[6:]}"
+    record(benchmark, lambda: (ext.select_gather_ext(hidden, sig, mask, keep), torch.cuda.synchronize()),
+           ratio=ref_s / ext_s, ref_ms=ref_s * 1e3, ext_ms=ext_s * 1e3, device=torch.cuda.get_device_name())
