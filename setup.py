@@ -30,7 +30,7 @@ from setuptools.command.build_py import build_py
 
 CSRC = "csrc"
 # Device code shipped inside the package, so that `powerbert check-cuda` works from an installed wheel.
-DEVICE_SOURCES = ("powerbert/common.h", "powerbert/cuda_kernels.cuh", "check_kernels.cu")
+DEVICE_SOURCES = ("powerbert/common.h", "powerbert/cuda_kernels.cuh", "powerbert/cuda_launch.cuh", "check_kernels.cu")
 
 
 def _say(message: str) -> None:

@@ -1,7 +1,10 @@
 // Every kernel of the extension, instantiated once: the translation unit that `powerbert check-cuda`
 // compiles for each GPU architecture (with nvcc, or with NVRTC where only device code is compiled).
-// Keep it in step with the kernels and launchers of powerbert/cuda_kernels.cuh.
+// Keep it in step with the kernels of powerbert/cuda_kernels.cuh and the launchers of cuda_launch.cuh.
 #include "powerbert/cuda_kernels.cuh"
+#if !defined(__CUDACC_RTC__)
+#include "powerbert/cuda_launch.cuh"
+#endif
 
 namespace powerbert {
 namespace cuda {
@@ -20,11 +23,11 @@ template __global__ void gather_kernel<u8>(GatherParams<u8>);
 
 #if !defined(__CUDACC_RTC__)
 // The host launchers as the torch binding uses them.
-template cudaError_t launch_significance<F32>(SignificanceParams<F32>, const SignificancePlan&, i64, float*, float*,
-                                              cudaStream_t);
-template cudaError_t launch_significance<F16>(SignificanceParams<F16>, const SignificancePlan&, i64, float*, float*,
-                                              cudaStream_t);
-template cudaError_t launch_significance<BF16>(SignificanceParams<BF16>, const SignificancePlan&, i64, float*,
+template cudaError_t launch_significance<F32>(const SignificanceParams<F32>&, const SignificancePlan&, i64, float*,
+                                              float*, cudaStream_t);
+template cudaError_t launch_significance<F16>(const SignificanceParams<F16>&, const SignificancePlan&, i64, float*,
+                                              float*, cudaStream_t);
+template cudaError_t launch_significance<BF16>(const SignificanceParams<BF16>&, const SignificancePlan&, i64, float*,
                                                float*, cudaStream_t);
 template SignificancePlan plan_significance<F32>(const SignificanceParams<F32>&, i64, int);
 template SignificancePlan plan_significance<F16>(const SignificanceParams<F16>&, i64, int);

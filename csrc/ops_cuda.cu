@@ -1,5 +1,5 @@
 // CUDA implementations of the PoWER-BERT operators: checks (shared with the CPU binding), output
-// allocation, and one call to a launcher of powerbert/cuda_kernels.cuh on the current stream.
+// allocation, and one call to a launcher of powerbert/cuda_launch.cuh on the current stream.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -10,7 +10,7 @@
 #include <string>
 
 #include "ops.h"
-#include "powerbert/cuda_kernels.cuh"
+#include "powerbert/cuda_launch.cuh"
 
 namespace powerbert {
 

@@ -1,13 +1,14 @@
 // CUDA kernels of the PoWER-BERT extension, for every GPU from the Kepler K80 (sm_37) on.
 //
 // No torch includes: the torch binding (ops_cuda.cu) checks arguments, allocates outputs and calls
-// the launchers at the end of this file. The kernels keep to what sm_35 offers: float arithmetic
+// the launchers of cuda_launch.cuh. The kernels keep to what sm_35 offers: float arithmetic
 // only (16-bit inputs are widened from their bits), __ldg read-only loads, warp shuffles and
 // ballots; no tensor cores, no fp16 arithmetic, no atomics of any kind. Every reduction runs in a
 // fixed order, so results are bitwise reproducible on a given GPU.
 //
-// Under NVRTC (the compile check for old architectures) only the kernels are compiled; the host
-// launchers need the CUDA runtime and are left out.
+// The launchers that need the CUDA runtime live in cuda_launch.cuh. Under NVRTC (the compile check for
+// old architectures) only the kernels are compiled. The kernels and launch plans also compile as plain
+// C++ against a small host emulation of CUDA (tests/test_ext_cuda_emulation.py runs them on the CPU).
 #pragma once
 
 #include "common.h"
@@ -323,7 +324,8 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(GatherParams<U> 
 
 #if !defined(__CUDACC_RTC__)
 // =============================================================================================
-// Host launchers (CUDA runtime, no torch). Each returns the launch error, if any.
+// Launch plans: plain host C++ (no CUDA runtime), shared by the launchers in cuda_launch.cuh and by
+// the CPU emulation test that runs these kernels without a GPU.
 // =============================================================================================
 
 inline bool aligned_to(const void* ptr, i64 bytes) { return reinterpret_cast<u64>(ptr) % static_cast<u64>(bytes) == 0; }
@@ -331,11 +333,13 @@ inline bool aligned_to(const void* ptr, i64 bytes) { return reinterpret_cast<u64
 inline i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 
 struct SignificancePlan {
-  int vec;
-  int tiles;
-  int splits;
+  int vec;               // elements per load: 1, or Wide<T>::value when rows and base are 16-byte aligned
+  int tiles;             // column tiles per batch row
+  int splits;            // row splits (blockIdx.y); > 1 adds the sum_splits_kernel pass
   int rows_per_split;
+  i64 grid_x;            // tiles * B
   i64 workspace_floats;  // (B, splits, N) partial sums when splits > 1, else 0
+  i64 sum_grid;          // blocks of 256 threads for sum_splits_kernel
 };
 
 // Chooses the vector width and the row splits of a significance launch. p.probs, the strides and the
@@ -348,52 +352,63 @@ SignificancePlan plan_significance(const SignificanceParams<T>& p, i64 B, int nu
   SignificancePlan plan;
   plan.vec = vectorisable ? wide : 1;
   plan.tiles = static_cast<int>(ceil_div(p.N, kWarp * plan.vec));
+  plan.grid_x = static_cast<i64>(plan.tiles) * B;
   const i64 rows = static_cast<i64>(p.H) * p.n_q;
   // Enough 256-thread blocks to fill every SM (8 resident each), but splits of at least 128 rows so
   // the partial sums stay a small fraction of the traffic.
-  const i64 blocks = static_cast<i64>(plan.tiles) * B;
   const i64 wanted = static_cast<i64>(num_sms) * 8;
   i64 splits = 1;
-  if (blocks < wanted) {
+  if (plan.grid_x < wanted) {
     const i64 most = rows / (kSigRows * kSigUnroll * 4);
-    splits = ceil_div(wanted, blocks);
+    splits = ceil_div(wanted, plan.grid_x);
     splits = splits < most ? splits : most;
     splits = splits < 1 ? 1 : (splits > 65535 ? 65535 : splits);
   }
   plan.rows_per_split = static_cast<int>(ceil_div(rows, splits));
   plan.splits = static_cast<int>(ceil_div(rows, plan.rows_per_split));
   plan.workspace_floats = plan.splits > 1 ? B * plan.splits * p.N : 0;
+  const i64 sum_blocks = ceil_div(B * p.N, 256);
+  plan.sum_grid = sum_blocks < 65535 ? sum_blocks : 65535;
   return plan;
 }
 
-// out: (B, N) float32. workspace: plan.workspace_floats floats (may be null when that is 0).
+// The kernel parameters of a planned launch: where the first kernel writes (the workspace when rows
+// are split, else the (B, N) output).
 template <typename T>
-cudaError_t launch_significance(SignificanceParams<T> p, const SignificancePlan& plan, i64 B, float* workspace,
-                                float* out, cudaStream_t stream) {
-  const i64 blocks = static_cast<i64>(plan.tiles) * B;
-  if (blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
+SignificanceParams<T> significance_params(SignificanceParams<T> p, const SignificancePlan& plan, float* workspace,
+                                          float* out) {
   p.tiles = plan.tiles;
   p.rows_per_split = plan.rows_per_split;
   p.out = plan.splits > 1 ? workspace : out;
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(plan.splits));
-  const dim3 block(kWarp, kSigRows);
-  if (plan.vec == 1) {
-    significance_kernel<T, 1><<<grid, block, 0, stream>>>(p);
-  } else {
-    significance_kernel<T, Wide<T>::value><<<grid, block, 0, stream>>>(p);
-  }
-  if (plan.splits > 1) {
-    const i64 total = B * p.N;
-    const i64 wanted = ceil_div(total, 256);
-    const unsigned grid_sum = static_cast<unsigned>(wanted < 65535 ? wanted : 65535);
-    sum_splits_kernel<<<grid_sum, 256, 0, stream>>>(workspace, plan.splits, p.N, total, out);
-  }
-  return cudaGetLastError();
+  return p;
 }
 
+struct GatherPlan {
+  int unit;     // bytes per copy: the widest of 16, 8, 4, 2, 1 dividing the row, both strides and both bases
+  i64 grid_x;   // blocks of kGatherThreads
+};
+
+inline GatherPlan plan_gather(const void* hidden, i64 stride_b, i64 stride_n, i64 row_bytes, const void* out, i64 B,
+                              int keep, int num_sms) {
+  GatherPlan plan;
+  plan.unit = 1;
+  const int units[] = {16, 8, 4, 2, 1};
+  for (int u : units) {
+    if (row_bytes % u == 0 && stride_b % u == 0 && stride_n % u == 0 && aligned_to(hidden, u) && aligned_to(out, u)) {
+      plan.unit = u;
+      break;
+    }
+  }
+  const i64 wanted = ceil_div(B * keep, kGatherThreads / kWarp);
+  const i64 most = static_cast<i64>(num_sms) * 64;
+  plan.grid_x = wanted < most ? wanted : most;
+  return plan;
+}
+
+// hidden: (B, N, row_bytes) bytes with byte strides stride_b, stride_n; out: (B, keep, row_bytes).
 template <typename U>
-void launch_gather_as(const void* hidden, i64 stride_b, i64 stride_n, const i64* indices, i64 B, int keep,
-                      i64 row_bytes, void* out, int num_sms, cudaStream_t stream) {
+GatherParams<U> gather_params(const void* hidden, i64 stride_b, i64 stride_n, const i64* indices, i64 B, int keep,
+                              i64 row_bytes, void* out) {
   GatherParams<U> g;
   g.hidden = static_cast<const U*>(hidden);
   g.stride_b = stride_b / static_cast<i64>(sizeof(U));
@@ -403,62 +418,7 @@ void launch_gather_as(const void* hidden, i64 stride_b, i64 stride_n, const i64*
   g.rows = B * keep;
   g.row_units = row_bytes / static_cast<i64>(sizeof(U));
   g.keep = keep;
-  const i64 wanted = ceil_div(g.rows, kGatherThreads / kWarp);
-  const i64 most = static_cast<i64>(num_sms) * 64;
-  gather_kernel<U><<<static_cast<unsigned>(wanted < most ? wanted : most), kGatherThreads, 0, stream>>>(g);
-}
-
-// Select-and-gather of B rows. p: the selection (indices and mask_out filled by select_kernel).
-// hidden: (B, N, row_bytes) bytes with byte strides stride_b, stride_n; out: (B, keep, row_bytes).
-inline cudaError_t launch_select_gather(const SelectParams& p, i64 B, const void* hidden, i64 stride_b,
-                                        i64 stride_n, i64 row_bytes, void* out, int num_sms, cudaStream_t stream) {
-  if (B > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
-  select_kernel<<<static_cast<unsigned>(B), kSelectThreads, 0, stream>>>(p);
-  // The widest copy unit that divides the row, both strides and both base addresses.
-  const i64 units[] = {16, 8, 4, 2, 1};
-  i64 unit = 1;
-  for (i64 u : units) {
-    if (row_bytes % u == 0 && stride_b % u == 0 && stride_n % u == 0 && aligned_to(hidden, u) && aligned_to(out, u)) {
-      unit = u;
-      break;
-    }
-  }
-  const i64* idx = p.indices;
-  const int keep = p.keep;
-  switch (unit) {
-    case 16: launch_gather_as<uint4>(hidden, stride_b, stride_n, idx, B, keep, row_bytes, out, num_sms, stream); break;
-    case 8: launch_gather_as<uint2>(hidden, stride_b, stride_n, idx, B, keep, row_bytes, out, num_sms, stream); break;
-    case 4: launch_gather_as<u32>(hidden, stride_b, stride_n, idx, B, keep, row_bytes, out, num_sms, stream); break;
-    case 2: launch_gather_as<u16>(hidden, stride_b, stride_n, idx, B, keep, row_bytes, out, num_sms, stream); break;
-    default: launch_gather_as<u8>(hidden, stride_b, stride_n, idx, B, keep, row_bytes, out, num_sms, stream); break;
-  }
-  return cudaGetLastError();
-}
-
-template <typename K>
-cudaError_t probe_kernel(K* kernel) {
-  cudaFuncAttributes attributes;
-  const cudaError_t err = cudaFuncGetAttributes(&attributes, kernel);
-  if (err != cudaSuccess) cudaGetLastError();  // clear it: the caller reports it
-  return err;
-}
-
-// cudaSuccess when every kernel has machine code (or PTX) the current device can run, else the
-// error (cudaErrorNoKernelImageForDevice or cudaErrorInvalidDeviceFunction).
-inline cudaError_t probe_kernels() {
-  const cudaError_t errors[] = {
-      probe_kernel(significance_kernel<F32, 1>),  probe_kernel(significance_kernel<F32, 4>),
-      probe_kernel(significance_kernel<F16, 1>),  probe_kernel(significance_kernel<F16, 8>),
-      probe_kernel(significance_kernel<BF16, 1>), probe_kernel(significance_kernel<BF16, 8>),
-      probe_kernel(sum_splits_kernel),            probe_kernel(select_kernel),
-      probe_kernel(gather_kernel<uint4>),         probe_kernel(gather_kernel<uint2>),
-      probe_kernel(gather_kernel<u32>),           probe_kernel(gather_kernel<u16>),
-      probe_kernel(gather_kernel<u8>),
-  };
-  for (cudaError_t err : errors) {
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+  return g;
 }
 #endif  // !defined(__CUDACC_RTC__)
 
