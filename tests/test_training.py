@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -300,7 +301,7 @@ def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread):
               "--soft-lr", "5e-2", "--batch-size", "32", "--seed", "0", "--no-progress", "--bench-repeats", "2",
               "--eval-strategy", "no", "--logging-steps", "10"]
     assert main(["train", "--model", task["model"], "--output-dir", str(out), "--lambda", "1e-3",
-                 "--epochs", "3", *common]) == 0
+                 "--epochs", "3", "--keep-checkpoints", *common]) == 0
 
     report = json.loads((out / "report.json").read_text())
     for key in ("metric_name", "baseline_metric", "power_metric", "retention", "flop_ratio", "speedup",
@@ -335,11 +336,17 @@ def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread):
     assert result["power_metric"] == pytest.approx(report["power_metric"])
     assert result["flop_ratio"] > 1 and result["speedup"] > 0
 
-    # Resuming a finished run re-uses every phase and reproduces the report.
+    # Resuming: phase 1 is complete and re-used; the search, as if interrupted after its last checkpoint,
+    # continues from it (r included: the same configuration comes out); phase 3 runs again.
+    search = out / "lambda_0.001" / "search"
+    assert [p.name for p in search.glob("checkpoint-*")]
+    (search / "phase.json").unlink()
+    shutil.rmtree(out / "lambda_0.001" / "retrain")
     assert main(["train", "--model", task["model"], "--output-dir", str(out), "--lambda", "1e-3",
-                 "--epochs", "3", "--resume", *common]) == 0
+                 "--epochs", "3", "--retrain-epochs", "1", "--resume", *common]) == 0
     again = json.loads((out / "report.json").read_text())
-    assert again["retention"] == retention and again["power_metric"] == report["power_metric"]
+    assert again["retention"] == retention and again["baseline_metric"] == report["baseline_metric"]
+    assert again["phase_seconds"]["finetune"] == report["phase_seconds"]["finetune"]
 
     # Skip phase 1 from the fine-tuned model, with a two-value lambda sweep: a trade-off plot.
     sweep = tmp_path / "sweep"
