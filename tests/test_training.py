@@ -356,3 +356,10 @@ def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread):
     assert [r["lambda"] for r in report["runs"]] == [1e-4, 1e-2]
     assert report["baseline_metric"] >= 95.0 and report["phase_seconds"]["finetune"] == 0.0
     assert (sweep / "tradeoff.png").stat().st_size > 0
+
+
+def test_eval_cli_refuses_a_model_without_configuration(task, tmp_path):
+    with pytest.raises(SystemExit, match="stores no PoWER-BERT configuration"):
+        main(["eval", "--model", task["model"], "--eval-file", task["dev"], "--max-length", "32"])
+    with pytest.raises(SystemExit, match="--eval-file or --glue-task"):
+        main(["eval", "--model", task["model"], "--retention", "4,3,2,1"])
