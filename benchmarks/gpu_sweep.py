@@ -16,7 +16,8 @@ so that a run cut short still leaves its results. Sections:
    N=512, D=768, fp16; goal >= 70% of its bandwidth); bert-base (random weights, fp16) end to end vs HF
    SDPA at B=128, N=128 with the paper-style retention 76,62,...,3 (goal: speed-up >= 0.9 x FLOP
    ratio) and at B=32, N=512 (goal: peak memory <= HF SDPA + 10%);
-5. optional (``--tune``): a small grid of tile configurations at the target shapes.
+5. optional (``--tune``): a small grid of tile configurations at the target shapes (check a new
+   choice for spills with ``python -m powerbert_kernels.triton.codegen`` before adopting it).
 
 Kernel times are medians of ``triton.testing.do_bench`` (CUDA events, warm-up); model times come from
 :mod:`powerbert_kernels.benchmarking` (interleaved ABBA repeats, medians).
@@ -305,12 +306,12 @@ def tune(lengths, batch: int = 64) -> tuple[dict, list[str]]:
         q, k, v, mask = attention_inputs(batch, N)
         n_pad = max(16, 1 << (N - 1).bit_length())
         configs = []
-        if n_pad <= 512:
-            configs += [AttentionConfig("single_pass", bm_, n_pad, w, 1) for bm_ in (32, 64, 128) for w in (4, 8)
+        if n_pad <= 256:
+            configs += [AttentionConfig("single_pass", bm_, n_pad, w, 1) for bm_ in (16, 32, 64) for w in (4, 8)
                         if bm_ <= n_pad]
-        configs += [AttentionConfig("two_pass", bm_, bn, w, st, 64, sbn, sw)
-                    for bm_, bn, w in ((64, 64, 4), (128, 64, 8), (128, 32, 4), (128, 128, 8))
-                    for st in (2, 3) for sbn, sw in ((64, 4), (128, 8))
+        configs += [AttentionConfig("two_pass", bm_, bn, w, st, sbm, sbn, sw)
+                    for bm_, bn, w in ((64, 64, 4), (128, 64, 8), (128, 32, 4), (64, 32, 8))
+                    for st in (2, 3) for sbm, sbn, sw in ((32, 128, 8), (64, 64, 8), (64, 128, 8))
                     if bm_ <= n_pad and bn <= n_pad and sbn <= n_pad]
         for config in configs:
             try:
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     report.section("attention", "Attention with significance (H=12, d=64, fp16)", attention_sweep, batches, lengths)
     report.section("select_gather", "Select-gather (D=768, keep=N/2, fp16)", select_gather_sweep, batches, lengths)
     report.section("variants", "Attention: single pass vs two passes", variants,
-                   (128,) if args.quick else (32, 128), (64, 128, 256, 512))
+                   (128,) if args.quick else (32, 128), (64, 128, 256))
     report.section("target_attention", "Target: attention vs SDPA (B=64, H=12, d=64, fp16)", attention_target,
                    (128, 512))
     report.section("target_select_gather", "Target: select-gather vs copy bandwidth (B=128, N=512, D=768, fp16)",

@@ -93,6 +93,14 @@ def check_against_reference(q, k, v, mask, exclude_self, config=None):
     assert (got_sig[~mask] == 0).all()
 
 
+def config_for(variant, B, N, H, d, dtype):
+    if variant == "two_pass":
+        return two_pass(B, N, H, d, dtype)
+    if variant == "single_pass":
+        return default_config(B, N, H, d, dtype, DEVICE, variant="single_pass")
+    return None
+
+
 def two_pass(B, N, H, d, dtype):
     if N > 256:
         return default_config(B, N, H, d, dtype, DEVICE, variant="two_pass")
@@ -106,15 +114,16 @@ CASES = [
     # B, N, H, d, dtype, padding, exclude_self, layout, variant
     (1, 1, 1, 32, torch.float32, "none", False, "fused", "default"),
     (3, 2, 3, 64, torch.float16, "right", True, "fused", "default"),
-    (4, 7, 12, 32, torch.float32, "mixed", True, "fused", "default"),
+    (4, 7, 12, 32, torch.float32, "mixed", True, "fused", "single_pass"),
     (2, 63, 3, 64, torch.float16, "cls_only", False, "fused", "two_pass"),
-    (1, 64, 12, 64, torch.float32, "none", True, "head_major", "default"),
+    (1, 64, 12, 64, torch.float32, "none", True, "head_major", "single_pass"),
     (3, 65, 1, 32, torch.float16, "left", False, "fused", "two_pass"),
     (4, 127, 3, 32, torch.float32, "empty", True, "fused", "two_pass"),
     (5, 127, 3, 64, torch.float16, "empty", False, "head_major", "default"),
     (2, 257, 3, 64, torch.float16, "mixed", True, "fused", "default"),
+    (3, 200, 2, 32, torch.float16, "mixed", True, "fused", "single_pass"),
     (2, 257, 1, 32, torch.float32, "left", False, "head_major", "default"),
-    (2, 40, 2, 48, torch.float32, "right", False, "fused", "default"),
+    (2, 40, 2, 48, torch.float32, "right", False, "fused", "single_pass"),
     (3, 33, 3, 8, torch.float16, "mixed", True, "fused", "two_pass"),
     # Longer than one 1024-position scan of the mask.
     (2, 1500, 1, 16, torch.float32, "mixed", True, "fused", "default"),
@@ -129,17 +138,16 @@ CASES = [
 def test_matches_reference(B, N, H, d, dtype, padding, exclude_self, layout, variant):
     q, k, v = make_qkv(B, N, H, d, dtype, layout, seed=N * 31 + d)
     mask = make_mask(B, N, padding, seed=N)
-    config = two_pass(B, N, H, d, dtype) if variant == "two_pass" else None
-    check_against_reference(q, k, v, mask, exclude_self, config)
+    check_against_reference(q, k, v, mask, exclude_self, config_for(variant, B, N, H, d, dtype))
 
 
-def test_default_config_picks_single_pass_only_for_short_rows():
-    assert default_config(2, 256, 12, 64, torch.float16, DEVICE).variant == "single_pass"
-    assert default_config(2, 257, 12, 64, torch.float16, DEVICE).variant == "two_pass"
-    # Whole K and V tiles of 256 x 128 halves would not fit the shared memory of every supported GPU.
-    assert default_config(2, 256, 12, 128, torch.float16, DEVICE).variant == "two_pass"
+def test_default_config_picks_single_pass_only_for_short_16_bit_rows():
+    assert default_config(2, 128, 12, 64, torch.float16, DEVICE).variant == "single_pass"
+    assert default_config(2, 128, 12, 128, torch.bfloat16, DEVICE).variant == "single_pass"
+    assert default_config(2, 129, 12, 64, torch.float16, DEVICE).variant == "two_pass"
+    assert default_config(2, 64, 12, 64, torch.float32, DEVICE).variant == "two_pass"
     assert default_config(2, 64, 12, 64, torch.float16, DEVICE, variant="two_pass").variant == "two_pass"
-    assert default_config(2, 512, 12, 64, torch.float16, DEVICE, variant="single_pass").block_n == 512
+    assert default_config(2, 256, 12, 64, torch.float16, DEVICE, variant="single_pass").block_n == 256
     with pytest.raises(ValueError, match="variant"):
         default_config(2, 64, 12, 64, torch.float16, DEVICE, variant="three_pass")
 
@@ -149,7 +157,8 @@ def test_both_variants_agree_and_all_padding_rows_attend_uniformly():
     q, k, v = make_qkv(B, N, H, d, torch.float32, "fused", seed=5)
     mask = make_mask(B, N, "empty", seed=3)
     args = [t.to(DEVICE) for t in (q, k, v, mask)]
-    single = attention_with_significance_triton(*args, d**-0.5, False)
+    single = attention_with_significance_triton(*args, d**-0.5, False,
+                                                config=config_for("single_pass", B, N, H, d, torch.float32))
     double = attention_with_significance_triton(*args, d**-0.5, False, config=two_pass(B, N, H, d, torch.float32))
     torch.testing.assert_close(single[0], double[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(single[1], double[1], rtol=1e-5, atol=1e-5)
@@ -194,12 +203,12 @@ def test_forced_bfloat16_in_interpreter_says_why():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize(
     "B, N, H, d, variant",
-    [(4, 128, 12, 64, "default"), (4, 128, 12, 64, "two_pass"), (3, 512, 12, 64, "default"),
+    [(4, 128, 12, 64, "default"), (4, 128, 12, 64, "two_pass"), (4, 256, 12, 64, "single_pass"),
+     (3, 512, 12, 64, "default"),
      (2, 1024, 16, 128, "default"), (1, 4096, 4, 64, "default"), (8, 200, 6, 96, "default"),
      (2, 256, 12, 32, "default")],
 )
 def test_gpu_shapes(B, N, H, d, variant, dtype):
     q, k, v = make_qkv(B, N, H, d, dtype, "fused", seed=N)
     mask = make_mask(B, N, "mixed", seed=N)
-    config = two_pass(B, N, H, d, dtype) if variant == "two_pass" else None
-    check_against_reference(q, k, v, mask, True, config)
+    check_against_reference(q, k, v, mask, True, config_for(variant, B, N, H, d, dtype))

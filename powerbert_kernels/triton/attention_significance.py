@@ -48,13 +48,15 @@ __all__ = ["SINGLE_PASS_MAX_N", "attention_with_significance_triton", "reference
 _MASKED_SCORE = tl.constexpr(-3.4028234663852886e38)
 _LOG2E = math.log2(math.e)
 
-SINGLE_PASS_MAX_N = 256
+SINGLE_PASS_MAX_N = 128
 """Longest padded length (power of two) that uses the single-pass kernel (0 disables it).
 
-Chosen by work count, not yet by measurement: for N <= 256 the single pass does two thirds of the
-two-pass arithmetic in one launch while its score tile (64 x 256 fp32 over 8 warps) still fits in
-registers. ``benchmarks/gpu_sweep.py`` times both variants at every short length; set this from its
-``variants`` table.
+Chosen from the compiled kernels, not yet from timings: for N <= 128 the single pass does two thirds of
+the two-pass arithmetic in one launch, and its whole-row tiles compile without register spills for
+fp16/bf16 on sm_80 and sm_90 (ptxas resource usage of the configurations :func:`default_config` picks).
+At N = 256 the whole-row tile spills unless query tiles shrink to 16-32 rows, which multiplies the
+K/V re-reads. ``benchmarks/gpu_sweep.py`` times both variants at N = 64, 128 and 256 and prints the
+threshold its timings support; set this from its ``variants`` table.
 """
 
 # Shared memory a single-pass program may spend on its whole K and V tiles: keeps it within the ~99 KiB
@@ -269,10 +271,15 @@ def _pow2(x: int, floor: int = 16) -> int:
 
 
 def single_pass_fits(seq_len: int, head_dim: int, dtype: torch.dtype) -> bool:
-    """Whether the single-pass kernel may run this shape (score tile and whole K, V tiles on chip)."""
+    """Whether automatic dispatch uses the single-pass kernel for this shape.
+
+    Only 16-bit inputs: fp32 dots run on CUDA cores (IEEE, not TF32) and hold their operands in
+    registers, so fp32 whole-row tiles spill.
+    """
     n_pad, d_pad = _pow2(seq_len), _pow2(head_dim)
     elem = torch.finfo(dtype).bits // 8
-    return n_pad <= SINGLE_PASS_MAX_N and 2 * n_pad * d_pad * elem <= _SINGLE_PASS_KV_BYTES
+    return (elem == 2 and n_pad <= SINGLE_PASS_MAX_N and d_pad <= 128
+            and 2 * n_pad * d_pad * elem <= _SINGLE_PASS_KV_BYTES)
 
 
 def default_config(batch: int, seq_len: int, heads: int, head_dim: int, dtype: torch.dtype,
@@ -281,35 +288,47 @@ def default_config(batch: int, seq_len: int, heads: int, head_dim: int, dtype: t
 
     Autotuning would pick configurations per process by timing, and a different tile order changes the
     rounding of the significance, which can flip the selection of near-tied vectors between runs.
-    ``variant`` forces ``"single_pass"`` (for N up to 512) or ``"two_pass"``; ``None`` picks the single
-    pass where :func:`single_pass_fits`.
+    ``variant`` forces ``"single_pass"`` (N up to 256) or ``"two_pass"``; ``None`` picks the single pass
+    where :func:`single_pass_fits`. Every choice below compiles without register spills on sm_80 and
+    sm_90 for d = 32, 64 and 128 (ptxas resource usage), except the forced single pass at N = 256, d = 128.
     """
     d_pad = _pow2(head_dim)
     n_pad = _pow2(seq_len)
     if variant not in (None, "single_pass", "two_pass"):
         raise ValueError(f"variant must be 'single_pass', 'two_pass' or None, got {variant!r}")
-    if variant == "single_pass" and n_pad > 512:
-        raise ValueError(f"variant 'single_pass' holds whole rows of at most 512 positions, got N={seq_len}")
+    if variant == "single_pass" and n_pad > 256:
+        raise ValueError(f"variant 'single_pass' holds whole rows of at most 256 positions, got N={seq_len}")
     automatic = variant is None and (n_pad, d_pad, dtype) not in _single_pass_out_of_resources
     if variant == "single_pass" or (automatic and single_pass_fits(seq_len, head_dim, dtype)):
-        block_m = min(64, n_pad)
-        return AttentionConfig("single_pass", block_m, n_pad, num_warps=4 if n_pad <= 128 else 8, num_stages=1)
-    wide = dtype == torch.float32 or d_pad > 64
-    block_m = min(64 if wide else 128, n_pad)
-    block_n = min(32 if (wide and d_pad > 64) else 64, n_pad)
-    num_warps = 8 if block_m * d_pad >= 128 * 64 else 4
-    num_stages = 2 if wide else 3
-    # Pass 2 reads a batch row's whole Q once per key tile (B*H*N*d*(N/tile) elements in all, mostly from
-    # L2), so its key tile is as wide as registers allow, and halved only while there are fewer programs
-    # than multiprocessors.
-    sig_block_n = min(128 if d_pad <= 64 else 64, n_pad)
+        # The score tile is block_m x n_pad fp32: fewer query rows as rows and heads get wider.
+        if n_pad <= 128:
+            block_m = 64 if d_pad <= 64 else 32
+        else:
+            block_m = 32 if d_pad == 64 else 16
+        block_m = min(block_m, n_pad)
+        return AttentionConfig("single_pass", block_m, n_pad, 8 if block_m * n_pad >= 64 * 64 else 4, 1)
+
+    # (pass-1 query tile, key tile, warps, stages), (pass-2 query tile, key tile, warps). Pass 2 reads a
+    # batch row's whole Q once per key tile (B*H*N*d*(N/tile) elements in all, mostly from L2), hence
+    # its wide key tiles. fp32 uses IEEE dots on CUDA cores, whose operands live in registers: small tiles.
+    if dtype != torch.float32:
+        if d_pad <= 64:
+            fwd, sig = (128, 64, 8, 3), (32, 128, 8)
+        elif d_pad <= 128:
+            fwd, sig = (64, 32, 8, 2), (64, 64, 8)
+        else:
+            fwd, sig = (32, 32, 8, 2), (32, 32, 8)
+    elif d_pad <= 64:
+        fwd, sig = (64, 32, 8, 2), (64, 32, 8)
+    else:
+        fwd, sig = (32, 32, 8, 2), (32, 32, 8)
+    sig_block_n = min(sig[1], n_pad)
+    # Pass 2 has only B x (N / key tile) programs: narrower key tiles while the GPU is not covered.
     sms = multiprocessor_count(device)
     while sig_block_n > 16 and batch * triton.cdiv(seq_len, sig_block_n) < sms:
         sig_block_n //= 2
-    sig_block_m = min(64 if d_pad <= 128 else 32, n_pad)
-    sig_num_warps = 8 if sig_block_m * sig_block_n >= 64 * 128 else 4
-    return AttentionConfig("two_pass", block_m, block_n, num_warps, num_stages, sig_block_m, sig_block_n,
-                           sig_num_warps)
+    return AttentionConfig("two_pass", min(fwd[0], n_pad), min(fwd[1], n_pad), fwd[2], fwd[3],
+                           min(sig[0], n_pad), sig_block_n, sig[2])
 
 
 def attention_with_significance_triton(

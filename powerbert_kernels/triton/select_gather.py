@@ -116,13 +116,22 @@ def _gather_kernel(
     tl.store(OUT + (row * KEEP + slots[:, None]) * D + cols[None, :], x, mask=ok)
 
 
+def _select_tiles(N: int) -> tuple[int, int, int]:
+    # A 32 x 128 block of comparisons per step (int64 keys): 16 per thread over 8 warps.
+    n_pad = max(16, triton.next_power_of_2(N))
+    block_i, block_j = min(32, n_pad), min(128, n_pad)
+    return block_i, block_j, 4 if block_i * block_j <= 2048 else 8
+
+
 def _gather_tiles(D: int, elem: int) -> tuple[int, int]:
-    # Rows of at most 512 bytes per program-column, 16 KiB per program. A power of two that divides D
-    # (768 -> 256 for fp16) avoids masked-off lanes in the last column block.
+    # 4 KiB per program (two 16-byte vectors per thread over 4 warps): about 40 registers, so many
+    # programs stay resident and keep enough bytes in flight; bigger tiles make the compiler hold
+    # every load in registers before the stores (32 rows of 256 halves: ~200 registers). A power of
+    # two that divides D (768 -> 256 for fp16) avoids masked-off lanes in the last column block.
     cap = 512 // elem
     divisor = D & -D
     block_d = min(divisor, cap) if divisor >= 64 else min(triton.next_power_of_2(D), cap)
-    return max(1, (16384 // elem) // block_d), block_d
+    return max(1, (4096 // elem) // block_d), block_d
 
 
 def select_gather_triton(
@@ -168,13 +177,12 @@ def select_gather_triton(
     sig = significance.to(torch.float32).contiguous()
     mask_u8 = mask.contiguous().view(torch.uint8)
 
-    n_pad = max(16, triton.next_power_of_2(N))
-    block_i, block_j = min(32, n_pad), min(128, n_pad)
+    block_i, block_j, select_warps = _select_tiles(N)
     block_r, block_d = _gather_tiles(D, hidden.element_size())
     with cuda_device_guard(hidden.device):
         _select_kernel[(B,)](
             sig, mask_u8, indices, mask_kept.view(torch.uint8), N, keep,
-            BLOCK_I=block_i, BLOCK_J=block_j, num_warps=4 if block_i * block_j <= 2048 else 8,
+            BLOCK_I=block_i, BLOCK_J=block_j, num_warps=select_warps,
         )
         _gather_kernel[(triton.cdiv(keep, block_r), B, triton.cdiv(D, block_d))](
             hidden, indices, hidden_kept, hidden.stride(0), hidden.stride(1), keep, D,
