@@ -75,7 +75,7 @@ def _real_span(MASK, b, N, BLOCK: tl.constexpr):
     still attends uniformly to every key.
     """
     offs = tl.arange(0, BLOCK)
-    first = tl.full([BLOCK], N, tl.int32)
+    first = tl.zeros([BLOCK], tl.int32) + N
     last = tl.full([BLOCK], -1, tl.int32)
     for start in range(0, N, BLOCK):
         idx = start + offs

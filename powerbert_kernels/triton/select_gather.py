@@ -67,7 +67,7 @@ def _select_kernel(
     offs_i = tl.arange(0, BLOCK_I)
     offs_j = tl.arange(0, BLOCK_J)
 
-    first = tl.full([BLOCK_J], N, tl.int32)
+    first = tl.zeros([BLOCK_J], tl.int32) + N
     n_real = tl.zeros([BLOCK_J], tl.int32)
     for start in range(0, N, BLOCK_J):
         pos = start + offs_j
