@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     try:
         pipeline = Pipeline(config_from_args(args))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"powerbert train: error: {e}") from None
     report = pipeline.run()
     if PartialState().is_main_process:
