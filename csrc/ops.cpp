@@ -113,6 +113,9 @@ at::Tensor significance_from_probs_cpu(const at::Tensor& probs, const at::Tensor
   const u8* mask_ptr = static_cast<const u8*>(mask.const_data_ptr());
   const int64_t mask_sb = mask.stride(0), mask_sn = mask.stride(1);
   float* out_ptr = out.data_ptr<float>();
+  // A block of probabilities larger than a typical last-level cache slice streams from memory; a
+  // smaller one was usually just written by the softmax and is still cached.
+  const bool prefetch = probs.numel() * probs.element_size() > (int64_t(8) << 20);
   dispatch_float(probs.scalar_type(), "powerbert::significance_from_probs", [&](auto tag) {
     using T = decltype(tag);
     const auto* probs_ptr = static_cast<const typename T::storage*>(probs.const_data_ptr());
@@ -126,7 +129,7 @@ at::Tensor significance_from_probs_cpu(const at::Tensor& probs, const at::Tensor
         const int64_t w0 = (task % chunks) * chunk;
         cpu::significance_columns<T>(probs_ptr + b * sb, sh, sq, s.H, s.n_q, mask_ptr + b * mask_sb, mask_sn,
                                      q_offset, exclude_self, w0, std::min(s.N, w0 + chunk), block_acc.data(),
-                                     rows.data(), selves.data(), out_ptr + b * s.N);
+                                     rows.data(), selves.data(), out_ptr + b * s.N, prefetch);
       }
     });
   });
