@@ -2,7 +2,7 @@
 
 The CPU interpreter cannot see code generation: this compiles the configurations the launchers pick with
 the ptxas that ships in Triton's wheel (no GPU needed) and checks each build's register spills and
-shared memory. It runs in a subprocess because this test session imported the kernels for the
+shared memory. It runs in a subprocess because this test process imported the kernels for the
 interpreter.
 """
 

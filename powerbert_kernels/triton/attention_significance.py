@@ -290,7 +290,8 @@ def default_config(batch: int, seq_len: int, heads: int, head_dim: int, dtype: t
     rounding of the significance, which can flip the selection of near-tied vectors between runs.
     ``variant`` forces ``"single_pass"`` (N up to 256) or ``"two_pass"``; ``None`` picks the single pass
     where :func:`single_pass_fits`. Every choice below compiles without register spills on sm_80 and
-    sm_90 for d = 32, 64 and 128 (ptxas resource usage), except the forced single pass at N = 256, d = 128.
+    sm_90 for d = 32, 64, 128 and 256 (ptxas resource usage), except the forced single pass at N = 256,
+    d = 128.
     """
     d_pad = _pow2(head_dim)
     n_pad = _pow2(seq_len)
@@ -321,7 +322,7 @@ def default_config(batch: int, seq_len: int, heads: int, head_dim: int, dtype: t
     elif d_pad <= 64:
         fwd, sig = (64, 32, 8, 2), (64, 32, 8)
     else:
-        fwd, sig = (32, 32, 8, 2), (32, 32, 8)
+        fwd, sig = (16, 16, 4, 2), (16, 16, 4)
     sig_block_n = min(sig[1], n_pad)
     # Pass 2 has only B x (N / key tile) programs: narrower key tiles while the GPU is not covered.
     sms = multiprocessor_count(device)

@@ -136,6 +136,9 @@ DEFAULT_CASES: tuple[tuple[str, torch.dtype, int, int], ...] = (
     ("attention", torch.float16, 128, 128),
     ("attention", torch.float16, 128, 512),
     ("attention", torch.float32, 64, 512),
+    ("attention", torch.float32, 128, 512),
+    ("attention", torch.float16, 256, 512),
+    ("attention", torch.float32, 256, 512),
     ("select_gather", torch.float16, 768, 512),
 )
 
