@@ -117,6 +117,16 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> list[str]:
     return lines
 
 
+def _attempt(measure, *args, **row) -> dict:
+    # One failing provider or shape (a backend that cannot run it, an out-of-memory) is recorded and
+    # the sweep goes on.
+    try:
+        return measure(*args)
+    except Exception as exc:
+        torch.cuda.empty_cache()
+        return {**row, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
 def correctness(shapes) -> tuple[list[dict], list[str]]:
     rows = []
     for B, N in shapes:
@@ -148,10 +158,10 @@ def attention_sweep(batches, lengths) -> tuple[list[dict], list[str]]:
             continue
         for B in batches:
             for N in lengths:
-                rows.append(measure_attention(provider, B, N))
-                print(f"   {provider:9s} B={B:4d} N={N:5d} {rows[-1]['ms']:8.3f} ms", flush=True)
+                rows.append(_attempt(measure_attention, provider, B, N, provider=provider, B=B, N=N))
+                print(f"   {provider:9s} B={B:4d} N={N:5d} {rows[-1].get('ms', float('nan')):8.3f} ms", flush=True)
     return rows, table(rows, [("provider", "provider", ""), ("B", "B", ""), ("N", "N", ""), ("ms", "ms", ".3f"),
-                              ("tflops", "TFLOP/s", ".1f"), ("peak_mib", "peak MiB", ".1f")])
+                              ("tflops", "TFLOP/s", ".1f"), ("peak_mib", "peak MiB", ".1f"), ("error", "error", "")])
 
 
 def select_gather_sweep(batches, lengths) -> tuple[list[dict], list[str]]:
@@ -162,11 +172,13 @@ def select_gather_sweep(batches, lengths) -> tuple[list[dict], list[str]]:
             rows.append({"provider": "copy", "B": B, "N": N, "keep": N // 2, "D": 768, **copy})
             for provider in PROVIDERS:
                 if not provider_available(SELECT_GATHER_OP, provider):
-                    rows.append(measure_select_gather(provider, B, N, N // 2))
-                    rows[-1]["of_copy"] = rows[-1]["gbps"] / copy["gbps"]
+                    rows.append(_attempt(measure_select_gather, provider, B, N, N // 2, provider=provider, B=B,
+                                         N=N, keep=N // 2))
+                    if "gbps" in rows[-1]:
+                        rows[-1]["of_copy"] = rows[-1]["gbps"] / copy["gbps"]
     return rows, table(rows, [("provider", "provider", ""), ("B", "B", ""), ("N", "N", ""), ("keep", "keep", ""),
                               ("ms", "ms", ".4f"), ("gbps", "GB/s", ".0f"), ("of_copy", "of copy", ".0%"),
-                              ("peak_mib", "peak MiB", ".1f")])
+                              ("peak_mib", "peak MiB", ".1f"), ("error", "error", "")])
 
 
 def _launcher(q, k, v, mask, config):
