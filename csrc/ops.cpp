@@ -123,13 +123,12 @@ at::Tensor significance_from_probs_cpu(const at::Tensor& probs, const at::Tensor
     at::parallel_for(0, s.B * chunks, grain, [&](int64_t begin, int64_t end) {
       std::vector<float> block_acc(static_cast<size_t>(chunk));
       std::vector<const typename T::storage*> rows(static_cast<size_t>(s.H * s.n_q));
-      std::vector<i64> selves(static_cast<size_t>(s.H * s.n_q));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / chunks;
         const int64_t w0 = (task % chunks) * chunk;
         cpu::significance_columns<T>(probs_ptr + b * sb, sh, sq, s.H, s.n_q, mask_ptr + b * mask_sb, mask_sn,
                                      q_offset, exclude_self, w0, std::min(s.N, w0 + chunk), block_acc.data(),
-                                     rows.data(), selves.data(), out_ptr + b * s.N, prefetch);
+                                     rows.data(), out_ptr + b * s.N, prefetch);
       }
     });
   });

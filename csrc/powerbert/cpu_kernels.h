@@ -32,25 +32,16 @@ namespace cpu {
 #define PB_CPU_CLONES
 #endif
 
-// acc[w] += sum of rows r[0..ROWS)[w], ROWS in {1, 4, 8}, added as a balanced tree.
+// acc[w] += sum of rows r[0..ROWS)[w] for w < width, ROWS in {1, 4, 8}, added as a balanced tree.
 template <typename T, int ROWS>
 struct AddRows;
 
 template <typename T>
 struct AddRows<T, 8> {
-  static inline __attribute__((always_inline)) float tree(const float* x) {
-    return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
-  }
   static inline __attribute__((always_inline)) void run(float* __restrict__ acc, const typename T::storage* const* r,
                                                         i64 width) {
-    const typename T::storage* __restrict__ r0 = r[0];
-    const typename T::storage* __restrict__ r1 = r[1];
-    const typename T::storage* __restrict__ r2 = r[2];
-    const typename T::storage* __restrict__ r3 = r[3];
-    const typename T::storage* __restrict__ r4 = r[4];
-    const typename T::storage* __restrict__ r5 = r[5];
-    const typename T::storage* __restrict__ r6 = r[6];
-    const typename T::storage* __restrict__ r7 = r[7];
+    typedef const typename T::storage* __restrict__ Row;
+    Row r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3], r4 = r[4], r5 = r[5], r6 = r[6], r7 = r[7];
     for (i64 w = 0; w < width; ++w) {
       acc[w] += ((T::to_float(r0[w]) + T::to_float(r1[w])) + (T::to_float(r2[w]) + T::to_float(r3[w]))) +
                 ((T::to_float(r4[w]) + T::to_float(r5[w])) + (T::to_float(r6[w]) + T::to_float(r7[w])));
@@ -60,13 +51,10 @@ struct AddRows<T, 8> {
 
 template <typename T>
 struct AddRows<T, 4> {
-  static inline __attribute__((always_inline)) float tree(const float* x) { return (x[0] + x[1]) + (x[2] + x[3]); }
   static inline __attribute__((always_inline)) void run(float* __restrict__ acc, const typename T::storage* const* r,
                                                         i64 width) {
-    const typename T::storage* __restrict__ r0 = r[0];
-    const typename T::storage* __restrict__ r1 = r[1];
-    const typename T::storage* __restrict__ r2 = r[2];
-    const typename T::storage* __restrict__ r3 = r[3];
+    typedef const typename T::storage* __restrict__ Row;
+    Row r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
     for (i64 w = 0; w < width; ++w) {
       acc[w] += (T::to_float(r0[w]) + T::to_float(r1[w])) + (T::to_float(r2[w]) + T::to_float(r3[w]));
     }
@@ -75,41 +63,12 @@ struct AddRows<T, 4> {
 
 template <typename T>
 struct AddRows<T, 1> {
-  static inline __attribute__((always_inline)) float tree(const float* x) { return x[0]; }
   static inline __attribute__((always_inline)) void run(float* __restrict__ acc, const typename T::storage* const* r,
                                                         i64 width) {
     const typename T::storage* __restrict__ r0 = r[0];
     for (i64 w = 0; w < width; ++w) acc[w] += T::to_float(r0[w]);
   }
 };
-
-// Adds a group of ROWS voting rows to acc, leaving out each row's own column (selves[k], relative to
-// acc, or outside [0, width)): the vector pass adds everything, then the few columns that hold a
-// left-out element are recomputed with that element as 0 in the same summation tree, which gives
-// exactly what skipping it would.
-template <typename T, int ROWS>
-inline __attribute__((always_inline)) void add_group(float* acc, const typename T::storage* const* r, const i64* selves,
-                                                     i64 width) {
-  // Most groups hold no left-out element (always so without exclude_self): one branch-free test.
-  bool any = false;
-  for (int k = 0; k < ROWS; ++k) any |= static_cast<u64>(selves[k]) < static_cast<u64>(width);
-  if (!any) {
-    AddRows<T, ROWS>::run(acc, r, width);
-    return;
-  }
-  float saved[ROWS];
-  for (int k = 0; k < ROWS; ++k) {
-    saved[k] = (selves[k] >= 0 && selves[k] < width) ? acc[selves[k]] : 0.f;
-  }
-  AddRows<T, ROWS>::run(acc, r, width);
-  for (int k = 0; k < ROWS; ++k) {
-    const i64 c = selves[k];
-    if (c < 0 || c >= width) continue;
-    float x[ROWS];
-    for (int m = 0; m < ROWS; ++m) x[m] = selves[m] == c ? 0.f : T::to_float(r[m][c]);
-    acc[c] = saved[k] + AddRows<T, ROWS>::tree(x);
-  }
-}
 
 template <typename T>
 inline __attribute__((always_inline)) void prefetch_rows(const typename T::storage* const* rows, int count, i64 width) {
@@ -125,11 +84,11 @@ inline __attribute__((always_inline)) void prefetch_rows(const typename T::stora
 // the number of blocks rather than the number of rows.
 const i64 kRowBlock = 64;
 
-// total[0:width) = column sums of `count` rows (rows[i], each row's left-out column selves[i]): in
-// blocks of kRowBlock rows, each block's rows eight at a time into block_acc, then added to total.
+// total[0:width) = column sums of `count` rows: in blocks of kRowBlock rows, each block's rows eight
+// at a time into block_acc, then added to total.
 template <typename T>
 inline __attribute__((always_inline)) void chunk_sums(float* total, float* block_acc, const typename T::storage** rows,
-                                                      const i64* selves, i64 count, i64 width, bool prefetch) {
+                                                      i64 count, i64 width, bool prefetch) {
   std::fill(total, total + width, 0.f);
   prefetch = prefetch && width * static_cast<i64>(sizeof(typename T::storage)) < 1024;
   for (i64 base = 0; base < count; base += kRowBlock) {
@@ -142,67 +101,76 @@ inline __attribute__((always_inline)) void chunk_sums(float* total, float* block
       // group after next (measured: 1.2-1.7x faster at 128 columns). From cache, or with rows of 1 KiB
       // and more, it only costs instructions (10% slower), so the caller decides.
       if (prefetch && v + 24 <= count) prefetch_rows<T>(rows + v + 16, 8, width);
-      add_group<T, 8>(acc, rows + v, selves + v, width);
+      AddRows<T, 8>::run(acc, rows + v, width);
     }
-    for (; v + 4 <= stop; v += 4) add_group<T, 4>(acc, rows + v, selves + v, width);
-    for (; v < stop; ++v) add_group<T, 1>(acc, rows + v, selves + v, width);
+    for (; v + 4 <= stop; v += 4) AddRows<T, 4>::run(acc, rows + v, width);
+    for (; v < stop; ++v) AddRows<T, 1>::run(acc, rows + v, width);
     if (base > 0) {
       for (i64 w = 0; w < width; ++w) total[w] += block_acc[w];
     }
   }
 }
 
-PB_CPU_CLONES static void chunk_sums_f32(float* total, float* block_acc, const float** rows, const i64* selves,
-                                         i64 count, i64 width, bool prefetch) {
-  chunk_sums<F32>(total, block_acc, rows, selves, count, width, prefetch);
+PB_CPU_CLONES static void chunk_sums_f32(float* total, float* block_acc, const float** rows, i64 count, i64 width,
+                                         bool prefetch) {
+  chunk_sums<F32>(total, block_acc, rows, count, width, prefetch);
 }
-PB_CPU_CLONES static void chunk_sums_f16(float* total, float* block_acc, const u16** rows, const i64* selves,
-                                         i64 count, i64 width, bool prefetch) {
-  chunk_sums<F16>(total, block_acc, rows, selves, count, width, prefetch);
+PB_CPU_CLONES static void chunk_sums_f16(float* total, float* block_acc, const u16** rows, i64 count, i64 width,
+                                         bool prefetch) {
+  chunk_sums<F16>(total, block_acc, rows, count, width, prefetch);
 }
-PB_CPU_CLONES static void chunk_sums_bf16(float* total, float* block_acc, const u16** rows, const i64* selves,
-                                          i64 count, i64 width, bool prefetch) {
-  chunk_sums<BF16>(total, block_acc, rows, selves, count, width, prefetch);
+PB_CPU_CLONES static void chunk_sums_bf16(float* total, float* block_acc, const u16** rows, i64 count, i64 width,
+                                          bool prefetch) {
+  chunk_sums<BF16>(total, block_acc, rows, count, width, prefetch);
 }
 
-inline void dispatch_chunk_sums(F32, float* total, float* block_acc, const float** rows, const i64* selves, i64 count,
-                                i64 width, bool prefetch) {
-  chunk_sums_f32(total, block_acc, rows, selves, count, width, prefetch);
+inline void dispatch_chunk_sums(F32, float* total, float* block_acc, const float** rows, i64 count, i64 width,
+                                bool prefetch) {
+  chunk_sums_f32(total, block_acc, rows, count, width, prefetch);
 }
-inline void dispatch_chunk_sums(F16, float* total, float* block_acc, const u16** rows, const i64* selves, i64 count,
-                                i64 width, bool prefetch) {
-  chunk_sums_f16(total, block_acc, rows, selves, count, width, prefetch);
+inline void dispatch_chunk_sums(F16, float* total, float* block_acc, const u16** rows, i64 count, i64 width,
+                                bool prefetch) {
+  chunk_sums_f16(total, block_acc, rows, count, width, prefetch);
 }
-inline void dispatch_chunk_sums(BF16, float* total, float* block_acc, const u16** rows, const i64* selves, i64 count,
-                                i64 width, bool prefetch) {
-  chunk_sums_bf16(total, block_acc, rows, selves, count, width, prefetch);
+inline void dispatch_chunk_sums(BF16, float* total, float* block_acc, const u16** rows, i64 count, i64 width,
+                                bool prefetch) {
+  chunk_sums_bf16(total, block_acc, rows, count, width, prefetch);
 }
 
 // Significance of columns [w0, w1) of one batch row from a block of query rows.
 //
-// out[w] = sum_h sum_{q : mask[q_offset + q]} probs[h, q, w], leaving out w == q_offset + q when
+// out[w] = sum_h sum_{q : mask[q_offset + q]} probs[h, q, w], without the terms w == q_offset + q when
 // exclude_self. Shapes: probs (H, n_q, N) with strides (stride_h, stride_q, 1); mask (N,) with
-// stride mask_stride; out (N,). Scratch: block_acc of at least w1 - w0 floats, rows and selves of at
-// least H * n_q entries. prefetch: software-prefetch short rows (for probabilities not in cache).
+// stride mask_stride; out (N,). Scratch: block_acc of at least w1 - w0 floats, rows of at least
+// H * n_q entries. prefetch: software-prefetch short rows (for probabilities not in cache).
 //
 // Numerics: float accumulation over the voting rows in (head, row) order, eight at a time as a
 // balanced tree, in blocks of 64 rows added to the total, so rounding errors grow with about
-// 8 + H * n_q / 64 terms. Per column the order of additions does not depend on how columns are split
-// into chunks, so results do not depend on the number of threads.
+// 8 + H * n_q / 64 terms. exclude_self then subtracts each column's diagonal terms, summed over heads,
+// as the reference does (one subtraction per column instead of a branch in the vector loop). Per
+// column the order of operations does not depend on how columns are split into chunks, so results do
+// not depend on the number of threads.
 template <typename T>
 void significance_columns(const typename T::storage* probs, i64 stride_h, i64 stride_q, i64 H, i64 n_q,
                           const u8* mask, i64 mask_stride, i64 q_offset, bool exclude_self, i64 w0, i64 w1,
-                          float* block_acc, const typename T::storage** rows, i64* selves, float* out, bool prefetch) {
+                          float* block_acc, const typename T::storage** rows, float* out, bool prefetch) {
   i64 count = 0;
   for (i64 h = 0; h < H; ++h) {
     for (i64 q = 0; q < n_q; ++q) {
-      const i64 position = q_offset + q;
-      if (!mask[position * mask_stride]) continue;  // padded query rows do not vote
-      selves[count] = exclude_self ? position - w0 : -1;
-      rows[count++] = probs + h * stride_h + q * stride_q + w0;
+      if (mask[(q_offset + q) * mask_stride]) rows[count++] = probs + h * stride_h + q * stride_q + w0;
     }
   }
-  dispatch_chunk_sums(T{}, out + w0, block_acc, rows, selves, count, w1 - w0, prefetch);
+  dispatch_chunk_sums(T{}, out + w0, block_acc, rows, count, w1 - w0, prefetch);
+  if (!exclude_self) return;
+  // The voting rows whose own position lies in this chunk: q in [w0 - q_offset, w1 - q_offset).
+  const i64 q_begin = std::max<i64>(0, w0 - q_offset), q_end = std::min<i64>(n_q, w1 - q_offset);
+  for (i64 q = q_begin; q < q_end; ++q) {
+    const i64 position = q_offset + q;
+    if (!mask[position * mask_stride]) continue;
+    float diagonal = 0.f;
+    for (i64 h = 0; h < H; ++h) diagonal += T::to_float(probs[h * stride_h + q * stride_q + position]);
+    out[position] -= diagonal;
+  }
 }
 
 // Selection of one row: writes the `keep` kept positions and their mask values.
