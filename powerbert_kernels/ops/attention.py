@@ -55,10 +55,6 @@ def attention_with_significance_ref(
     Returns:
         out: (B, N, H*d) in the dtype of ``q``; significance: (B, N) float32.
     """
-    return _reference(q, k, v, key_padding_mask, scale, exclude_self, with_significance=True)
-
-
-def _reference(q, k, v, key_padding_mask, scale, exclude_self, with_significance):
     B, N, H, d = q.shape
     scale = d**-0.5 if scale is None else float(scale)
     # One contiguous (B*H, N, d) copy of each input, scale folded into q: every block's GEMMs then read
@@ -78,8 +74,6 @@ def _reference(q, k, v, key_padding_mask, scale, exclude_self, with_significance
         # The padding bias enters as the GEMM's initial value (beta = 1): no extra pass over the scores.
         probs = torch.softmax(torch.baddbmm(bias, qf[:, start:stop], kt), dim=-1)
         out[:, start:stop] = torch.bmm(probs, vf).view(B, H, rows, d).transpose(1, 2)
-        if not with_significance:
-            continue
         # Column sums over heads and real query rows as one batched matvec: (B, 1, H*rows) @ (B, H*rows, N).
         w = votes[:, None, start:stop].expand(B, H, rows).reshape(B, 1, H * rows)
         significance += torch.bmm(w, probs.view(B, H * rows, N)).squeeze(1)
@@ -220,7 +214,15 @@ def attention_with_significance(
 def _plain_attention(q, k, v, key_padding_mask, scale, implementation):
     B, N, H, d = q.shape
     if implementation == "eager":
-        return _reference(q, k, v, key_padding_mask, scale, False, with_significance=False)[0]
+        # HF's eager attention, operation for operation and in the input dtype: scores, scale, additive
+        # dtype-min mask, softmax, weighted sum. A patched eager model that removes nothing is then
+        # bit-identical to the stock one.
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        scores = torch.matmul(qt, kt.transpose(2, 3)) * scale
+        bias = torch.zeros(B, 1, 1, N, dtype=q.dtype, device=q.device)
+        scores = scores + bias.masked_fill_(~key_padding_mask[:, None, None, :], torch.finfo(q.dtype).min)
+        probs = torch.softmax(scores, dim=-1)
+        return torch.matmul(probs, vt).transpose(1, 2).reshape(B, N, H * d)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
         attn_mask=key_padding_mask[:, None, None, :], scale=scale,
@@ -285,9 +287,10 @@ def attention(
         q, k, v: (B, N, H, d) float16, bfloat16 or float32, last dimension contiguous.
         key_padding_mask: (B, N) bool, True = real token.
         scale: score scale, default ``1 / sqrt(d)``.
-        implementation: ``"sdpa"`` (PyTorch's fused attention) or ``"eager"`` (explicit fp32 scores and
-            softmax, the arithmetic of HF's eager attention): a patched model follows the attention
-            implementation it was loaded with, so nothing changes where nothing is removed.
+        implementation: ``"sdpa"`` (PyTorch's fused attention) or ``"eager"`` (explicit scores and
+            softmax in the input dtype, operation for operation as HF's eager attention): a patched
+            model follows the attention implementation it was loaded with, so nothing changes where
+            nothing is removed.
 
     Returns:
         out: (B, N, H*d) in the dtype of ``q``.

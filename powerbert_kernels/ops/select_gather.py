@@ -50,7 +50,9 @@ def selection_order(significance: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     # (class desc, significance desc, position asc) without mixing classes into one float key.
     priority = mask.to(torch.int8)
     priority.scatter_(1, cls_positions(mask)[:, None], 2)
-    by_significance = torch.sort(significance.float(), dim=1, descending=True, stable=True).indices
+    # Padding ranks by position alone, whatever significance it was given.
+    key = significance.float().masked_fill(~mask, 0.0)
+    by_significance = torch.sort(key, dim=1, descending=True, stable=True).indices
     by_class = torch.sort(priority.gather(1, by_significance), dim=1, descending=True, stable=True).indices
     return by_significance.gather(1, by_class)
 
