@@ -107,8 +107,10 @@ at::Tensor significance_from_probs_cpu(const at::Tensor& probs, const at::Tensor
   }
   chunk = std::min(chunk, s.N);
   const int64_t chunks = (s.N + chunk - 1) / chunk;
-  // At least ~64K elements per parallel piece, so tiny calls do not pay for waking threads.
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, s.H * s.n_q * chunk));
+  // At least 256K elements (about 1 MiB, tens of microseconds of reading) per parallel piece: waking an
+  // idle OpenMP thread costs about as much, and on a loaded machine it can cost a scheduler time slice,
+  // so small calls (a block of a few query rows of one sequence) stay on the calling thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, s.H * s.n_q * chunk));
 
   const u8* mask_ptr = static_cast<const u8*>(mask.const_data_ptr());
   const int64_t mask_sb = mask.stride(0), mask_sn = mask.stride(1);
@@ -165,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_gather_ext_cpu(const at::T
     }
   };
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  if (B >= 2 * threads) {
+  if (B >= 2 * threads && B * keep * row_bytes >= (int64_t(1) << 18)) {
     // Enough rows for every thread: one parallel region, each task selecting a row and copying its kept
     // vectors while they are hot. (Each parallel region costs a thread wake-up and a barrier.)
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
@@ -175,10 +177,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_gather_ext_cpu(const at::T
     return {hidden_kept, mask_kept, indices};
   }
   // Few rows: select them, then split the copy over all B * keep kept vectors so that every thread
-  // copies; pieces of at least ~64 KiB amortise the threading.
-  at::parallel_for(0, B, std::max<int64_t>(1, 4096 / N), select_rows);
+  // copies; pieces of at least 256 KiB amortise waking the threads.
+  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 16) / N), select_rows);
   if (row_bytes > 0) {
-    at::parallel_for(0, B * keep, std::max<int64_t>(1, (int64_t(1) << 16) / row_bytes), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * keep, std::max<int64_t>(1, (int64_t(1) << 18) / row_bytes), [&](int64_t begin, int64_t end) {
       cpu::gather_rows(src, sb, sn, idx_ptr, keep, row_bytes, dst, begin, end);
     });
   }
