@@ -112,7 +112,7 @@ def test_select_gather_kernels(emulator, N, D, dtype, keep_list):
     B = 3
     mask = make_mask(B, N, g, left=True)
     mask[-1] = False  # a row without any real token
-    sig = torch.randint(1, 5, (B, N), generator=g).float().masked_fill(~mask, 0.0)  # ties matter
+    sig = torch.randint(-2, 5, (B, N), generator=g).float()  # ties matter; padding values must not
     if N > 4:
         sig[0, 1], sig[0, 2] = float("nan"), -0.0
     hidden = torch.randn(B, N, D, generator=g).to(dtype)
@@ -140,10 +140,11 @@ def test_gather_byte_copies(emulator):
     sig = torch.rand(B, N, generator=g)
     hidden = torch.randint(0, 255, (B, N, row), generator=g, dtype=torch.uint8)
     indices = torch.empty(B, keep, dtype=torch.int64)
+    mask_out = torch.empty(B, keep, dtype=torch.bool)  # held here: the C side writes into it
     out = torch.zeros(B, keep, row, dtype=torch.uint8)
     unit = emulator.pb_emu_select_gather(
         sig.data_ptr(), N, 1, mask.data_ptr(), N, 1, B, N, keep, hidden.data_ptr(), N * row, row, row,
-        indices.data_ptr(), torch.empty(B, keep, dtype=torch.bool).data_ptr(), out.data_ptr(), 1,
+        indices.data_ptr(), mask_out.data_ptr(), out.data_ptr(), 1,
     )
     assert unit == 1
     want = select_gather_ref(hidden.float(), sig, mask, keep)

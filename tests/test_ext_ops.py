@@ -141,11 +141,14 @@ def test_significance_empty_and_degenerate_shapes(device):
 
 def significance_like_attention(mask: torch.Tensor, g: torch.Generator, kind: str = "distinct") -> torch.Tensor:
     """(B, N) float32 significance as attention produces it: positive at real tokens, 0 at padding.
-    ``ties``: few distinct values, so the tie-break by position matters."""
+    ``ties``: few distinct values, so the tie-break by position matters. ``noisy_padding``: padding gets
+    values too (the rule must still rank padding by position only)."""
     B, N = mask.shape
     values = torch.rand(B, N, generator=g) + 0.01
     if kind == "ties":
         values = torch.randint(1, 4, (B, N), generator=g).float()
+    if kind == "noisy_padding":
+        return torch.randn(B, N, generator=g)
     return values.masked_fill(~mask, 0.0)
 
 
@@ -170,7 +173,7 @@ def test_select_gather_matches_reference(device, N, D, dtype, B, padding):
     g = torch.Generator().manual_seed(N * 7 + D)
     hidden = torch.randn(B, N, D, generator=g).to(dtype)
     mask = make_mask(B, N, padding, g)
-    for kind in ("distinct", "ties"):
+    for kind in ("distinct", "ties", "noisy_padding"):
         sig = significance_like_attention(mask, g, kind)
         for keep in sorted({1, 2, max(1, N // 3), max(1, N - 1), N} & set(range(1, N + 1))):
             poison_allocator(B * keep * D, device, dtype)
@@ -210,7 +213,7 @@ def test_select_gather_padding_is_taken_by_position_and_placed_last(device):
     # The selection rule orders padding by position alone (padding carries no significance); a short
     # left-padded row comes out right-padded with its CLS vector in slot 0.
     mask = torch.tensor([[False, False, False, True, True, True]])
-    sig = torch.tensor([[0.0, 0.0, 0.0, 0.1, 0.9, 0.5]])
+    sig = torch.tensor([[0.7, -1.0, 3.0, 0.1, 0.9, 0.5]])
     hidden = torch.arange(6.0).view(1, 6, 1)
     got = ext.select_gather_ext(hidden.to(device), sig.to(device), mask.to(device), 5)
     assert got[2].tolist() == [[3, 4, 5, 0, 1]]
