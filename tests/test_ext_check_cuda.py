@@ -5,6 +5,7 @@ ptxas from their PyPI packages (the ``test`` extra). Missing compilers skip thes
 
 from __future__ import annotations
 
+import locale
 import os
 import shutil
 from pathlib import Path
@@ -47,7 +48,10 @@ def require_compiler(arch: int) -> None:
 @pytest.mark.parametrize("arch", [37, 60, 75, 80, 90])
 def test_every_kernel_compiles_for(arch, capsys):
     require_compiler(arch)
+    encoding = locale.getpreferredencoding(False)
     assert main(["check-cuda", "--arch", str(arch), "--verbose"]) == 0
+    # NVRTC switches the thread's C locale; check-cuda must leave the process as it found it.
+    assert locale.getpreferredencoding(False) == encoding
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"sm_{arch}: ok", out
     assert f": {KERNELS} kernels" in out, out

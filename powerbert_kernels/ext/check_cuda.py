@@ -15,12 +15,14 @@ One line per architecture: ``sm_37: ok``, or the compiler's error; the exit stat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +137,24 @@ def _package_dir(module: str) -> Path | None:
     return Path(paths[0]) if paths else None
 
 
+@contextlib.contextmanager
+def _thread_locale_kept() -> Iterator[None]:
+    """Restore the calling thread's C locale afterwards: NVRTC switches it (uselocale) and leaves it
+    switched, which would turn Python's preferred encoding into ASCII for the rest of the process."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.uselocale.restype = ctypes.c_void_p
+        libc.uselocale.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        yield
+        return
+    saved = libc.uselocale(None)  # NULL: query without changing
+    try:
+        yield
+    finally:
+        libc.uselocale(saved)
+
+
 class Nvrtc:
     """NVRTC 11.x through ctypes (the nvidia-cuda-nvrtc-cu11 package ships the library, not bindings)."""
 
@@ -143,9 +163,10 @@ class Nvrtc:
         libs = sorted((root / "lib").glob("libnvrtc.so.11*")) if root else []
         if not libs:
             raise CompileError("NVRTC 11 not found: `pip install nvidia-cuda-nvrtc-cu11 nvidia-cuda-nvcc-cu11`")
-        # libnvrtc loads its builtins library by name: load it first, globally, from the same folder.
+        # libnvrtc loads its builtins library by name: load it first from the same folder (a loaded library
+        # is found by its soname; RTLD_LOCAL keeps its symbols out of the rest of the process).
         for builtins in sorted((root / "lib").glob("libnvrtc-builtins.so.11*")):
-            ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
+            ctypes.CDLL(str(builtins))
         self.lib = ctypes.CDLL(str(libs[-1]))
         major, minor = ctypes.c_int(), ctypes.c_int()
         self.lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
@@ -163,6 +184,10 @@ class Nvrtc:
             raise CompileError(f"NVRTC {self.version}: {what} failed: {self.lib.nvrtcGetErrorString(status).decode()}")
 
     def ptx(self, source: bytes, name: str, options: list[str]) -> str:
+        with _thread_locale_kept():
+            return self._ptx(source, name, options)
+
+    def _ptx(self, source: bytes, name: str, options: list[str]) -> str:
         program = ctypes.c_void_p()
         self._check(self.lib.nvrtcCreateProgram(ctypes.byref(program), source, name.encode(), 0, None, None),
                     "nvrtcCreateProgram")
