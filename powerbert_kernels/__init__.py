@@ -11,6 +11,7 @@ Quick start::
 """
 
 from . import ops
+from .ext import available_backends, backend_report
 from .models import (
     PowerBertModelOutput,
     apply_power_bert,
@@ -29,6 +30,8 @@ __all__ = [
     "PowerBertModelOutput",
     "__version__",
     "apply_power_bert",
+    "available_backends",
+    "backend_report",
     "flop_ratio",
     "is_patched",
     "model_flops",

@@ -47,3 +47,10 @@ def test_default_retention_is_a_valid_configuration():
         r = default_retention(layers)
         assert len(r) == layers and all(0 < x <= 1 for x in r)
         assert all(a >= b for a, b in zip(r, r[1:], strict=False))
+
+
+def test_info_reports_every_backend(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("triton:", "ext:", "torch: available"):
+        assert name in out
