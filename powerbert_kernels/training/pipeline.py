@@ -524,6 +524,8 @@ class Pipeline:
                 run["mass_history"] = search["mass_history"]
             if _is_main():
                 run.update(self.measure_speed(retrain["model_path"]))
+                logger.info("measured speed-up %.2fx (%.1f ms -> %.1f ms) at FLOP ratio %.2fx", run["speedup"],
+                            run["baseline_ms"], run["power_ms"], run["flop_ratio"])
             runs.append(run)
         chosen = select_run(runs, baseline["metrics"][cfg.metric_name], cfg.metric_name, cfg.max_drop)
         report = self._report(baseline, runs, chosen, time.perf_counter() - total_start)
