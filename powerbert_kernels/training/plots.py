@@ -69,9 +69,10 @@ def plot_tradeoff(report: dict, path: str) -> str:
     base = report["baseline_metric"]
     ax.axhline(base, color="grey", linestyle="--", linewidth=1, label=f"fine-tuned baseline ({base:.1f})")
     ax.axhline(base - 1, color="grey", linestyle=":", linewidth=1, label="baseline - 1 point")
+    ax.margins(x=0.15, y=0.15)  # room for the annotations of the outermost points
     ax.set_xlabel("FLOP ratio (stock / PoWER-BERT)")
     ax.set_ylabel(f"eval {name} (points)")
-    ax.set_title("Accuracy / speed trade-off")
+    ax.set_title(f"{name} / speed trade-off")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
