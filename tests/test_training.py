@@ -363,3 +363,16 @@ def test_eval_cli_refuses_a_model_without_configuration(task, tmp_path):
         main(["eval", "--model", task["model"], "--eval-file", task["dev"], "--max-length", "32"])
     with pytest.raises(SystemExit, match="--eval-file or --glue-task"):
         main(["eval", "--model", task["model"], "--retention", "4,3,2,1"])
+
+
+def test_dynamic_padding_gives_the_logits_of_fixed_padding(task):
+    # Training and evaluation pad each batch to its longest row, FLOPs and timing count the fixed N: the
+    # two agree because a layer keeps min(l_j, n) vectors and padding ranks last.
+    tokenizer = AutoTokenizer.from_pretrained(task["model"])
+    model = apply_power_bert(AutoModelForSequenceClassification.from_pretrained(task["model"]), [6, 4, 2, 1]).eval()
+    sentences = [row["sentence"] for row in read_table(task["dev"])[:8]]
+    dynamic = tokenizer(sentences, padding=True, return_tensors="pt")
+    fixed = tokenizer(sentences, padding="max_length", max_length=48, return_tensors="pt")
+    assert dynamic["input_ids"].shape[1] < 48
+    with torch.no_grad():
+        assert torch.allclose(model(**dynamic).logits, model(**fixed).logits, atol=1e-5)
