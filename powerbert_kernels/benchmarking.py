@@ -177,6 +177,17 @@ def compare_models(
     return Comparison(base_ms, power_ms, base_ms / power_ms, times["baseline"], times["power"], mem_base, mem_power)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict[str, object]:
     """Versions, device and date, recorded beside every measurement."""
     import transformers
@@ -198,7 +209,7 @@ def environment(device: torch.device) -> dict[str, object]:
         info["device_name"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     else:
-        info["device_name"] = platform.processor() or platform.machine()
+        info["device_name"] = _cpu_name()
         info["cpu_threads"] = torch.get_num_threads()
     return info
 
