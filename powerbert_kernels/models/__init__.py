@@ -5,13 +5,24 @@ from .extract import Extract, HardExtract
 from .flops import flop_ratio, model_flops
 from .patch import PowerBertModelOutput, apply_power_bert, is_patched, remove_power_bert
 from .retention import keep_counts, parse_retention, validate_retention
+from .soft_extract import (
+    SoftExtract,
+    clip_retention_,
+    derive_retention,
+    retention_masses,
+    retention_penalty,
+    soft_extracts,
+)
 
 __all__ = [
     "EncoderAdapter",
     "Extract",
     "HardExtract",
     "PowerBertModelOutput",
+    "SoftExtract",
     "apply_power_bert",
+    "clip_retention_",
+    "derive_retention",
     "flop_ratio",
     "is_patched",
     "keep_counts",
@@ -20,5 +31,8 @@ __all__ = [
     "register_adapter",
     "registered_model_types",
     "remove_power_bert",
+    "retention_masses",
+    "retention_penalty",
+    "soft_extracts",
     "validate_retention",
 ]
