@@ -49,30 +49,17 @@ def attention_with_significance_ext(
     Returns:
         out (B, N, H*d) in the dtype of ``q``; significance (B, N) float32.
     """
-    # The reference's conventions, shared rather than copied: the padding bias, and the bound on the
-    # probabilities materialised at once (so this path holds no more memory than the reference).
-    from ..ops.attention import _BLOCK_ELEMENTS, _masked_score_bias
+    from ..ops.attention import blocked_attention
 
-    B, N, H, d = q.shape
-    # Dense fp32 (B*H, N, d) operands with the scale folded into q, as the reference builds them.
-    qf = torch.empty(B, H, N, d, dtype=torch.float32, device=q.device)
-    qf = qf.copy_(q.transpose(1, 2)).mul_(scale).view(B * H, N, d)
-    kt = k.float().transpose(1, 2).reshape(B * H, N, d).transpose(1, 2)
-    vf = v.float().transpose(1, 2).reshape(B * H, N, d)
-    bias = _masked_score_bias(key_padding_mask)[:, None, None, :].expand(B, H, 1, N).reshape(B * H, 1, N)
     mask = key_padding_mask.contiguous()
-    block = max(1, min(N, max(_BLOCK_ELEMENTS, B * N * H * d // 2) // (B * H * N)))
-    out = torch.empty(B, N, H, d, dtype=torch.float32, device=q.device)
-    significance = None
-    for start in range(0, N, block):
-        stop = min(N, start + block)
-        rows = stop - start
-        probs = torch.softmax(torch.baddbmm(bias, qf[:, start:stop], kt), dim=-1)
-        out[:, start:stop] = torch.bmm(probs, vf).view(B, H, rows, d).transpose(1, 2)
+
+    def column_sums(probs: torch.Tensor, start: int) -> torch.Tensor:
         # One read of the block: masked column sums over heads and real rows, diagonal left out.
-        part = torch.ops.powerbert.significance_from_probs(probs.view(B, H, rows, N), mask, start, exclude_self)
-        significance = part if significance is None else significance.add_(part)
-    return out.view(B, N, H * d).to(q.dtype), significance
+        return torch.ops.powerbert.significance_from_probs(probs, mask, start, exclude_self)
+
+    # The reference's blocked attention (same operands, padding bias and memory bound), with the column
+    # sums done by the extension.
+    return blocked_attention(q, k, v, key_padding_mask, scale, column_sums)
 
 
 def select_gather_ext(

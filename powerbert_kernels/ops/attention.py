@@ -13,6 +13,8 @@ SDPA), used for layers that keep every vector.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
@@ -56,7 +58,42 @@ def attention_with_significance_ref(
         out: (B, N, H*d) in the dtype of ``q``; significance: (B, N) float32.
     """
     B, N, H, d = q.shape
-    scale = d**-0.5 if scale is None else float(scale)
+    votes = key_padding_mask.float()
+
+    def column_sums(probs: torch.Tensor, start: int) -> torch.Tensor:
+        rows = probs.shape[2]
+        # Column sums over heads and real query rows as one batched matvec: (B, 1, H*rows) @ (B, H*rows, N).
+        w = votes[:, None, start : start + rows].expand(B, H, rows).reshape(B, 1, H * rows)
+        sums = torch.bmm(w, probs.reshape(B, H * rows, N)).squeeze(1)
+        if exclude_self:
+            diag = torch.diagonal(probs, offset=start, dim1=-2, dim2=-1)
+            sums[:, start : start + rows] -= diag.sum(dim=1) * votes[:, start : start + rows]
+        return sums
+
+    return blocked_attention(q, k, v, key_padding_mask, d**-0.5 if scale is None else float(scale), column_sums)
+
+
+def blocked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    scale: float,
+    column_sums: Callable[[torch.Tensor, int], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention in fp32 over blocks of query rows, with each block's probabilities handed to ``column_sums``.
+
+    The body of the reference, shared with the extension backend, which swaps in its own column sums.
+
+    Args:
+        q, k, v: (B, N, H, d); key_padding_mask: (B, N) bool; scale: score scale.
+        column_sums: ``(probs, start) -> (B, N)``, the significance contribution of the block of query rows
+            ``start .. start + rows`` whose probabilities are ``probs`` (B, H, rows, N) float32.
+
+    Returns:
+        out: (B, N, H*d) in the dtype of ``q``; significance: (B, N) float32, the sum over blocks.
+    """
+    B, N, H, d = q.shape
     # One contiguous (B*H, N, d) copy of each input, scale folded into q: every block's GEMMs then read
     # dense operands instead of re-gathering the strided projection views block after block.
     qf = torch.empty(B, H, N, d, dtype=torch.float32, device=q.device)
@@ -64,7 +101,6 @@ def attention_with_significance_ref(
     kt = k.float().transpose(1, 2).reshape(B * H, N, d).transpose(1, 2)
     vf = v.float().transpose(1, 2).reshape(B * H, N, d)
     bias = _masked_score_bias(key_padding_mask)[:, None, None, :].expand(B, H, 1, N).reshape(B * H, 1, N)
-    votes = key_padding_mask.float()
     block = max(1, min(N, max(_BLOCK_ELEMENTS, B * N * H * d // 2) // (B * H * N)))
     out = torch.empty(B, N, H, d, dtype=torch.float32, device=q.device)
     significance = torch.zeros(B, N, dtype=torch.float32, device=q.device)
@@ -74,12 +110,7 @@ def attention_with_significance_ref(
         # The padding bias enters as the GEMM's initial value (beta = 1): no extra pass over the scores.
         probs = torch.softmax(torch.baddbmm(bias, qf[:, start:stop], kt), dim=-1)
         out[:, start:stop] = torch.bmm(probs, vf).view(B, H, rows, d).transpose(1, 2)
-        # Column sums over heads and real query rows as one batched matvec: (B, 1, H*rows) @ (B, H*rows, N).
-        w = votes[:, None, start:stop].expand(B, H, rows).reshape(B, 1, H * rows)
-        significance += torch.bmm(w, probs.view(B, H * rows, N)).squeeze(1)
-        if exclude_self:
-            diag = torch.diagonal(probs.view(B, H, rows, N), offset=start, dim1=-2, dim2=-1)
-            significance[:, start:stop] -= diag.sum(dim=1) * votes[:, start:stop]
+        significance += column_sums(probs.view(B, H, rows, N), start)
     return out.view(B, N, H * d).to(q.dtype), significance
 
 
