@@ -28,6 +28,7 @@ import torch
 from powerbert_kernels import ext, ops
 from powerbert_kernels.benchmarking import peak_memory_mb
 from powerbert_kernels.ext._backend import attention_with_significance_ext
+from powerbert_kernels.ops.attention import column_sums_ref
 
 CUDA = torch.cuda.is_available()
 ROUNDS = 41
@@ -83,18 +84,6 @@ def significance_like_attention(mask: torch.Tensor, g: torch.Generator) -> torch
     return (torch.rand(mask.shape, generator=g) + 0.01).to(mask.device).masked_fill(~mask, 0.0)
 
 
-def reference_column_sums(probs: torch.Tensor, mask: torch.Tensor, start: int, exclude_self: bool) -> torch.Tensor:
-    """The column sums of ``attention_with_significance_ref`` for one block of query rows, as written there."""
-    B, H, rows, N = probs.shape
-    votes = mask.float()
-    w = votes[:, None, start : start + rows].expand(B, H, rows).reshape(B, 1, H * rows)
-    significance = torch.bmm(w, probs.view(B, H * rows, N)).squeeze(1)
-    if exclude_self:
-        diag = torch.diagonal(probs, offset=start, dim1=-2, dim2=-1)
-        significance[:, start : start + rows] -= diag.sum(dim=1) * votes[:, start : start + rows]
-    return significance
-
-
 def record(benchmark, fn: Callable[[], object], **info: object) -> None:
     benchmark.extra_info.update(info)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()))
@@ -141,7 +130,7 @@ def test_cpu_significance_from_probs(benchmark, threads, shape, exclude_self):
     mask = right_padded_mask(B, N, g)
 
     def ref():
-        return sum(reference_column_sums(block, mask, start, exclude_self) for start, block in blocks)
+        return sum(column_sums_ref(block, mask, start, exclude_self) for start, block in blocks)
 
     def cand():
         return sum(ext.significance_from_probs(block, mask, start, exclude_self) for start, block in blocks)

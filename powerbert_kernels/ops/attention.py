@@ -57,20 +57,37 @@ def attention_with_significance_ref(
     Returns:
         out: (B, N, H*d) in the dtype of ``q``; significance: (B, N) float32.
     """
-    B, N, H, d = q.shape
-    votes = key_padding_mask.float()
+    d = q.shape[3]
 
     def column_sums(probs: torch.Tensor, start: int) -> torch.Tensor:
-        rows = probs.shape[2]
-        # Column sums over heads and real query rows as one batched matvec: (B, 1, H*rows) @ (B, H*rows, N).
-        w = votes[:, None, start : start + rows].expand(B, H, rows).reshape(B, 1, H * rows)
-        sums = torch.bmm(w, probs.reshape(B, H * rows, N)).squeeze(1)
-        if exclude_self:
-            diag = torch.diagonal(probs, offset=start, dim1=-2, dim2=-1)
-            sums[:, start : start + rows] -= diag.sum(dim=1) * votes[:, start : start + rows]
-        return sums
+        return column_sums_ref(probs, key_padding_mask, start, exclude_self)
 
     return blocked_attention(q, k, v, key_padding_mask, d**-0.5 if scale is None else float(scale), column_sums)
+
+
+def column_sums_ref(
+    probs: torch.Tensor, key_padding_mask: torch.Tensor, start: int, exclude_self: bool
+) -> torch.Tensor:
+    """The reference's significance of one block of query rows.
+
+    Args:
+        probs: (B, H, rows, N) float32 attention probabilities of query rows ``start .. start + rows``.
+        key_padding_mask: (B, N) bool, True = real token (only real rows vote).
+        start: the block's first query row.
+        exclude_self: leave each row's probability on its own position out.
+
+    Returns:
+        (B, N) float32 column sums over heads and the block's real rows.
+    """
+    B, H, rows, N = probs.shape
+    votes = key_padding_mask.float()
+    # Column sums over heads and real query rows as one batched matvec: (B, 1, H*rows) @ (B, H*rows, N).
+    w = votes[:, None, start : start + rows].expand(B, H, rows).reshape(B, 1, H * rows)
+    sums = torch.bmm(w, probs.reshape(B, H * rows, N)).squeeze(1)
+    if exclude_self:
+        diag = torch.diagonal(probs, offset=start, dim1=-2, dim2=-1)
+        sums[:, start : start + rows] -= diag.sum(dim=1) * votes[:, start : start + rows]
+    return sums
 
 
 def blocked_attention(
