@@ -55,13 +55,13 @@ def test_full_retention_equals_stock_minilm(minilm, minilm_tokenizer, side):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("side", ["right", "left", "none"])
 def test_full_retention_equals_stock_random_bert_base(attn, side):
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=3, attn_implementation=attn)).eval()
     B, N = 3, 21
     input_ids = torch.randint(1000, 30000, (B, N))
-    lengths = torch.tensor([N, 9, 1])
+    lengths = torch.tensor([N, N, N] if side == "none" else [N, 9, 1])
     pos = torch.arange(N)[None]
     mask = (pos < lengths[:, None]) if side == "right" else (pos >= (N - lengths)[:, None])
     patched = apply_power_bert(copy.deepcopy(model), [1.0] * 12)

@@ -120,6 +120,10 @@ def test_plain_attention_matches_reference_output():
         out = ops.attention(q, k, v, mask, implementation=implementation)
         real = mask[:, :, None].expand_as(out)
         torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=1e-5)
+        # No mask means every token is real.
+        everything = torch.ones_like(mask)
+        torch.testing.assert_close(ops.attention(q, k, v, None, implementation=implementation),
+                                   ops.attention_with_significance_ref(q, k, v, everything)[0], atol=1e-5, rtol=1e-5)
 
 
 def naive_select(hidden, sig, mask, keep):
@@ -194,6 +198,7 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.powerbert.attention_with_significance, (q, k, v, mask, 0.3, True, "torch"))
     torch.library.opcheck(torch.ops.powerbert.attention, (q, k, v, mask, 0.3, "sdpa"))
     torch.library.opcheck(torch.ops.powerbert.attention, (q, k, v, mask, 0.3, "eager"))
+    torch.library.opcheck(torch.ops.powerbert.attention, (q, k, v, None, 0.3, "sdpa"))
     hidden = torch.randn(2, 9, 5, generator=g)
     sig = torch.rand(2, 9, generator=g)
     torch.library.opcheck(torch.ops.powerbert.select_gather, (hidden, sig, mask, 4, "torch"))

@@ -143,9 +143,10 @@ def _attach_kept_indices(module, args, output):
     return output
 
 
-def _key_padding_mask(attention_mask, batch: int, length: int, device: torch.device) -> torch.Tensor:
+def _key_padding_mask(attention_mask, batch: int, length: int, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """The (B, N) bool mask, and whether every token is real (then so is every kept vector)."""
     if attention_mask is None:
-        return torch.ones(batch, length, dtype=torch.bool, device=device)
+        return torch.ones(batch, length, dtype=torch.bool, device=device), True
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
         shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
         raise ValueError(
@@ -157,22 +158,27 @@ def _key_padding_mask(attention_mask, batch: int, length: int, device: torch.dev
             f"attention_mask must have shape (batch, seq_len) = ({batch}, {length}), got {tuple(attention_mask.shape)}"
         )
     mask = attention_mask.to(device=device, dtype=torch.bool)
-    # One host sync per eager forward: a row without any real token has no CLS vector to keep and no
-    # defined significance, so it is refused here rather than producing NaNs deep in the encoder. A
-    # compiled model skips the check (a data-dependent branch would break its graph).
-    if not torch.compiler.is_compiling() and not bool(mask.any(dim=1).all()):
+    # One host sync per eager forward. A row without any real token has no CLS vector to keep and no
+    # defined significance, so it is refused here rather than producing NaNs deep in the encoder; and a
+    # batch without padding lets full-keep layers call SDPA without a mask (its fastest kernels), as the
+    # stock model does. A compiled model skips both (a data-dependent branch would break its graph).
+    if torch.compiler.is_compiling():
+        return mask, False
+    every_row_real, all_real = torch.stack([mask.any(dim=1).all(), mask.all()]).tolist()
+    if not every_row_real:
         raise ValueError("attention_mask: every row needs at least one real token (a 1)")
-    return mask
+    return mask, bool(all_real)
 
 
-def _attention_block(adapter, layer, hidden, mask, with_significance, exclude_self, plain):
+def _attention_block(adapter, layer, hidden, mask, with_significance, exclude_self, plain, all_real):
     # A function of its own so that q, k, v and the attention output are freed before the feed-forward
     # block allocates its (B, n, 4D) intermediate: the peak memory then matches the stock layer's.
     q, k, v, scale = adapter.qkv(layer, hidden)
     if with_significance:
         attn, significance = ops.attention_with_significance(q, k, v, mask, scale=scale, exclude_self=exclude_self)
     else:
-        attn, significance = ops.attention(q, k, v, mask, scale=scale, implementation=plain), None
+        plain_mask = None if all_real else mask
+        attn, significance = ops.attention(q, k, v, plain_mask, scale=scale, implementation=plain), None
     return adapter.attention_output(layer, attn, hidden), significance
 
 
@@ -217,13 +223,14 @@ def _power_bert_forward(
 
     hidden = adapter.embed(self, input_ids, token_type_ids, position_ids, inputs_embeds)
     B, N = hidden.shape[:2]
-    mask = _key_padding_mask(attention_mask, B, N, hidden.device)
+    mask, all_real = _key_padding_mask(attention_mask, B, N, hidden.device)
     positions = None
     layer_positions = []
     all_hidden = [hidden] if output_hidden_states else None
     for layer, extract in zip(adapter.layers(self), self.power_extract, strict=True):
         hidden_attn, significance = _attention_block(
-            adapter, layer, hidden, mask, extract.needs_significance(hidden.shape[1], N), state.exclude_self, plain
+            adapter, layer, hidden, mask, extract.needs_significance(hidden.shape[1], N), state.exclude_self,
+            plain, all_real,
         )
         hidden_attn, mask, kept = extract(hidden_attn, significance, mask, N)
         if kept is not None:

@@ -267,13 +267,14 @@ def _plain_attention(q, k, v, key_padding_mask, scale, implementation):
         # bit-identical to the stock one.
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
         scores = torch.matmul(qt, kt.transpose(2, 3)) * scale
-        bias = torch.zeros(B, 1, 1, N, dtype=q.dtype, device=q.device)
-        scores = scores + bias.masked_fill_(~key_padding_mask[:, None, None, :], torch.finfo(q.dtype).min)
+        if key_padding_mask is not None:
+            bias = torch.zeros(B, 1, 1, N, dtype=q.dtype, device=q.device)
+            scores = scores + bias.masked_fill_(~key_padding_mask[:, None, None, :], torch.finfo(q.dtype).min)
         probs = torch.softmax(scores, dim=-1)
         return torch.matmul(probs, vt).transpose(1, 2).reshape(B, N, H * d)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        attn_mask=key_padding_mask[:, None, None, :], scale=scale,
+        attn_mask=None if key_padding_mask is None else key_padding_mask[:, None, None, :], scale=scale,
     )
     return out.transpose(1, 2).reshape(B, N, H * d)
 
@@ -283,7 +284,7 @@ def _attention_op(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
     scale: float,
     implementation: str,
 ) -> torch.Tensor:
@@ -320,7 +321,7 @@ def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    key_padding_mask: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
     *,
     scale: float | None = None,
     implementation: str = "sdpa",
@@ -333,7 +334,8 @@ def attention(
 
     Args:
         q, k, v: (B, N, H, d) float16, bfloat16 or float32, last dimension contiguous.
-        key_padding_mask: (B, N) bool, True = real token.
+        key_padding_mask: (B, N) bool, True = real token, or None when every token is real (on CUDA
+            that lets SDPA take its flash kernel, as the stock model does for unpadded batches).
         scale: score scale, default ``1 / sqrt(d)``.
         implementation: ``"sdpa"`` (PyTorch's fused attention) or ``"eager"`` (explicit scores and
             softmax in the input dtype, operation for operation as HF's eager attention): a patched
@@ -345,7 +347,8 @@ def attention(
     """
     q = _check_qkv(q, k, v)
     B, N, H, d = q.shape
-    check_mask("key_padding_mask", key_padding_mask, B, N, q.device)
+    if key_padding_mask is not None:
+        check_mask("key_padding_mask", key_padding_mask, B, N, q.device)
     if implementation not in ("sdpa", "eager"):
         raise ValueError(f"implementation must be 'sdpa' or 'eager', got {implementation!r}")
     return torch.ops.powerbert.attention(q, k, v, key_padding_mask, _check_scale(scale, d), implementation)
