@@ -45,6 +45,7 @@ def _cuda_arch_tag() -> str:
     """The architectures the CUDA build targets, as one preprocessor token: sm_37+sm_60+compute_90."""
     try:
         from torch.utils.cpp_extension import _get_cuda_arch_flags  # honours TORCH_CUDA_ARCH_LIST
+
         flags = _get_cuda_arch_flags()
     except Exception:  # a private helper: only informational, so never fail the build over it
         return "unknown"
@@ -64,8 +65,10 @@ def _extensions() -> tuple[list, dict]:
         import torch
         from torch.utils import cpp_extension
     except ImportError as exc:
-        _say(f"PyTorch is not importable at build time ({exc}): installing without the compiled extension; "
-             "install PyTorch first, then this package with `pip install --no-build-isolation`")
+        _say(
+            f"PyTorch is not importable at build time ({exc}): installing without the compiled extension; "
+            "install PyTorch first, then this package with `pip install --no-build-isolation`"
+        )
         return [], {}
     cxx = (os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++").split()[0]
     if shutil.which(cxx) is None:
@@ -84,8 +87,14 @@ def _extensions() -> tuple[list, dict]:
         if missing and mode == "1":
             raise SystemExit("POWERBERT_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(missing))
     with_cuda = mode != "0" and not missing
-    _say("building the C++ CPU kernels" + (" and the CUDA kernels" if with_cuda else
-                                           f" only (no CUDA kernels: {'; '.join(missing) or 'POWERBERT_CUDA=0'})"))
+    _say(
+        "building the C++ CPU kernels"
+        + (
+            " and the CUDA kernels"
+            if with_cuda
+            else f" only (no CUDA kernels: {'; '.join(missing) or 'POWERBERT_CUDA=0'})"
+        )
+    )
 
     sources = [f"{CSRC}/ops.cpp"]
     macros = [("POWERBERT_WITH_CUDA", "1" if with_cuda else "0")]
@@ -122,8 +131,10 @@ def _extensions() -> tuple[list, dict]:
             except Exception as exc:
                 if _flag("POWERBERT_EXT_REQUIRED"):
                     raise
-                _say(f"the compiled extension failed to build ({type(exc).__name__}: {exc}); installing "
-                     "without it (set POWERBERT_EXT_REQUIRED=1 to make this an error)")
+                _say(
+                    f"the compiled extension failed to build ({type(exc).__name__}: {exc}); installing "
+                    "without it (set POWERBERT_EXT_REQUIRED=1 to make this an error)"
+                )
 
     return [module], {"build_ext": BuildExtension}
 

@@ -33,8 +33,15 @@ def provider_available(op: str, provider: str) -> str | None:
     return None
 
 
-def attention_inputs(batch: int, seq_len: int, heads: int = 12, head_dim: int = 64,
-                     dtype: torch.dtype = torch.float16, real_fraction: float = 1.0, seed: int = 0):
+def attention_inputs(
+    batch: int,
+    seq_len: int,
+    heads: int = 12,
+    head_dim: int = 64,
+    dtype: torch.dtype = torch.float16,
+    real_fraction: float = 1.0,
+    seed: int = 0,
+):
     """q, k, v (B, N, H, d) as views of one fused projection output (as the model makes them) and a
     (B, N) mask with the first ``real_fraction`` of every row real."""
     g = torch.Generator(device=DEVICE).manual_seed(seed)
@@ -51,8 +58,9 @@ def attention_fn(provider: str, q, k, v, mask) -> Callable[[], object]:
     return lambda: ops.attention_with_significance(q, k, v, mask, backend=provider)
 
 
-def select_gather_inputs(batch: int, seq_len: int, hidden_size: int = 768, dtype: torch.dtype = torch.float16,
-                         seed: int = 0):
+def select_gather_inputs(
+    batch: int, seq_len: int, hidden_size: int = 768, dtype: torch.dtype = torch.float16, seed: int = 0
+):
     """hidden (B, N, D), significance (B, N) with distinct values, mask (B, N) all real."""
     g = torch.Generator(device=DEVICE).manual_seed(seed)
     hidden = torch.randn(batch, seq_len, hidden_size, device=DEVICE, dtype=dtype, generator=g)
@@ -110,29 +118,44 @@ def synchronized(fn: Callable[[], object]) -> Callable[[], None]:
     return call
 
 
-def measure_attention(provider: str, batch: int, seq_len: int, heads: int = 12, head_dim: int = 64,
-                      dtype: torch.dtype = torch.float16) -> dict[str, object]:
+def measure_attention(
+    provider: str, batch: int, seq_len: int, heads: int = 12, head_dim: int = 64, dtype: torch.dtype = torch.float16
+) -> dict[str, object]:
     """Median time, achieved TFLOP/s (plain attention's 4*B*H*N^2*d) and peak memory of one provider."""
     q, k, v, mask = attention_inputs(batch, seq_len, heads, head_dim, dtype)
     fn = attention_fn(provider, q, k, v, mask)
     ms = median_ms(fn)
     return {
-        "provider": provider, "B": batch, "N": seq_len, "H": heads, "d": head_dim, "dtype": str(dtype)[6:],
-        "ms": ms, "tflops": attention_flops(batch, seq_len, heads, head_dim) / (ms * 1e-3) / 1e12,
+        "provider": provider,
+        "B": batch,
+        "N": seq_len,
+        "H": heads,
+        "d": head_dim,
+        "dtype": str(dtype)[6:],
+        "ms": ms,
+        "tflops": attention_flops(batch, seq_len, heads, head_dim) / (ms * 1e-3) / 1e12,
         "peak_mib": peak_mib(fn),
     }
 
 
-def measure_select_gather(provider: str, batch: int, seq_len: int, keep: int, hidden_size: int = 768,
-                          dtype: torch.dtype = torch.float16) -> dict[str, object]:
+def measure_select_gather(
+    provider: str, batch: int, seq_len: int, keep: int, hidden_size: int = 768, dtype: torch.dtype = torch.float16
+) -> dict[str, object]:
     """Median time, achieved GB/s (kept rows read + written) and peak memory of one provider."""
     hidden, significance, mask = select_gather_inputs(batch, seq_len, hidden_size, dtype)
     fn = select_gather_fn(provider, hidden, significance, mask, keep)
     ms = median_ms(fn)
     moved = gather_bytes(batch, keep, hidden_size, hidden.element_size())
     return {
-        "provider": provider, "B": batch, "N": seq_len, "D": hidden_size, "keep": keep,
-        "dtype": str(dtype)[6:], "ms": ms, "gbps": moved / (ms * 1e-3) / 1e9, "peak_mib": peak_mib(fn),
+        "provider": provider,
+        "B": batch,
+        "N": seq_len,
+        "D": hidden_size,
+        "keep": keep,
+        "dtype": str(dtype)[6:],
+        "ms": ms,
+        "gbps": moved / (ms * 1e-3) / 1e9,
+        "peak_mib": peak_mib(fn),
     }
 
 

@@ -138,17 +138,29 @@ def correctness(shapes) -> tuple[list[dict], list[str]]:
         keep = max(1, N // 3)
         got = ops.select_gather(hidden, significance, hmask, keep, backend="triton")
         want = ops.select_gather_ref(hidden, significance, hmask, keep)
-        rows.append({
-            "B": B, "N": N, "variant": default_config(B, N, 12, 64, torch.float16, q.device).variant,
-            "out_max_err": (out.float() - ref_out.float()).abs().max().item(),
-            "sig_max_err": (sig - ref_sig).abs().max().item(),
-            "sig_max": ref_sig.abs().max().item(),
-            "select_gather_exact": all(torch.equal(a, b) for a, b in zip(got, want, strict=True)),
-        })
-    return rows, table(rows, [("B", "B", ""), ("N", "N", ""), ("variant", "attention kernel", ""),
-                              ("out_max_err", "out max err (fp16)", ".2e"),
-                              ("sig_max_err", "significance max err", ".2e"), ("sig_max", "max significance", ".1f"),
-                              ("select_gather_exact", "select-gather exact", "")])
+        rows.append(
+            {
+                "B": B,
+                "N": N,
+                "variant": default_config(B, N, 12, 64, torch.float16, q.device).variant,
+                "out_max_err": (out.float() - ref_out.float()).abs().max().item(),
+                "sig_max_err": (sig - ref_sig).abs().max().item(),
+                "sig_max": ref_sig.abs().max().item(),
+                "select_gather_exact": all(torch.equal(a, b) for a, b in zip(got, want, strict=True)),
+            }
+        )
+    return rows, table(
+        rows,
+        [
+            ("B", "B", ""),
+            ("N", "N", ""),
+            ("variant", "attention kernel", ""),
+            ("out_max_err", "out max err (fp16)", ".2e"),
+            ("sig_max_err", "significance max err", ".2e"),
+            ("sig_max", "max significance", ".1f"),
+            ("select_gather_exact", "select-gather exact", ""),
+        ],
+    )
 
 
 def attention_sweep(batches, lengths) -> tuple[list[dict], list[str]]:
@@ -160,8 +172,18 @@ def attention_sweep(batches, lengths) -> tuple[list[dict], list[str]]:
             for N in lengths:
                 rows.append(_attempt(measure_attention, provider, B, N, provider=provider, B=B, N=N))
                 print(f"   {provider:9s} B={B:4d} N={N:5d} {rows[-1].get('ms', float('nan')):8.3f} ms", flush=True)
-    return rows, table(rows, [("provider", "provider", ""), ("B", "B", ""), ("N", "N", ""), ("ms", "ms", ".3f"),
-                              ("tflops", "TFLOP/s", ".1f"), ("peak_mib", "peak MiB", ".1f"), ("error", "error", "")])
+    return rows, table(
+        rows,
+        [
+            ("provider", "provider", ""),
+            ("B", "B", ""),
+            ("N", "N", ""),
+            ("ms", "ms", ".3f"),
+            ("tflops", "TFLOP/s", ".1f"),
+            ("peak_mib", "peak MiB", ".1f"),
+            ("error", "error", ""),
+        ],
+    )
 
 
 def select_gather_sweep(batches, lengths) -> tuple[list[dict], list[str]]:
@@ -172,13 +194,27 @@ def select_gather_sweep(batches, lengths) -> tuple[list[dict], list[str]]:
             rows.append({"provider": "copy", "B": B, "N": N, "keep": N // 2, "D": 768, **copy})
             for provider in PROVIDERS:
                 if not provider_available(SELECT_GATHER_OP, provider):
-                    rows.append(_attempt(measure_select_gather, provider, B, N, N // 2, provider=provider, B=B,
-                                         N=N, keep=N // 2))
+                    rows.append(
+                        _attempt(
+                            measure_select_gather, provider, B, N, N // 2, provider=provider, B=B, N=N, keep=N // 2
+                        )
+                    )
                     if "gbps" in rows[-1]:
                         rows[-1]["of_copy"] = rows[-1]["gbps"] / copy["gbps"]
-    return rows, table(rows, [("provider", "provider", ""), ("B", "B", ""), ("N", "N", ""), ("keep", "keep", ""),
-                              ("ms", "ms", ".4f"), ("gbps", "GB/s", ".0f"), ("of_copy", "of copy", ".0%"),
-                              ("peak_mib", "peak MiB", ".1f"), ("error", "error", "")])
+    return rows, table(
+        rows,
+        [
+            ("provider", "provider", ""),
+            ("B", "B", ""),
+            ("N", "N", ""),
+            ("keep", "keep", ""),
+            ("ms", "ms", ".4f"),
+            ("gbps", "GB/s", ".0f"),
+            ("of_copy", "of copy", ".0%"),
+            ("peak_mib", "peak MiB", ".1f"),
+            ("error", "error", ""),
+        ],
+    )
 
 
 def _launcher(q, k, v, mask, config):
@@ -208,13 +244,26 @@ def variants(batches, lengths) -> tuple[dict, list[str]]:
             break
         longest = n
     threshold = max(16, 1 << (longest - 1).bit_length()) if longest else 0
-    advice = (f"single pass faster at every batch size for every N <= {longest}: set SINGLE_PASS_MAX_N = "
-              f"{threshold} (now {attn_mod.SINGLE_PASS_MAX_N})")
+    advice = (
+        f"single pass faster at every batch size for every N <= {longest}: set SINGLE_PASS_MAX_N = "
+        f"{threshold} (now {attn_mod.SINGLE_PASS_MAX_N})"
+    )
     result = {"rows": rows, "single_faster_at": faster, "advice": advice}
-    return result, [advice, "", *table(rows, [("B", "B", ""), ("N", "N", ""), ("two_pass_ms", "two-pass ms", ".3f"),
-                                            ("single_pass_ms", "single-pass ms", ".3f"),
-                                            ("single_over_two", "single / two", ".2f"),
-                                            ("single_pass_error", "single-pass error", "")])]
+    return result, [
+        advice,
+        "",
+        *table(
+            rows,
+            [
+                ("B", "B", ""),
+                ("N", "N", ""),
+                ("two_pass_ms", "two-pass ms", ".3f"),
+                ("single_pass_ms", "single-pass ms", ".3f"),
+                ("single_over_two", "single / two", ".2f"),
+                ("single_pass_error", "single-pass error", ""),
+            ],
+        ),
+    ]
 
 
 def _sdpa(q, k, v, mask):
@@ -231,19 +280,35 @@ def attention_target(lengths, batch: int = 64) -> tuple[list[dict], list[str]]:
         ours = median_ms(attention_fn("triton", q, k, v, mask))
         sdpa_masked = median_ms(_sdpa(q, k, v, mask))
         sdpa_plain = median_ms(_sdpa(q, k, v, None))
-        rows.append({
-            "B": batch, "N": N, "triton_ms": ours, "sdpa_masked_ms": sdpa_masked, "sdpa_unmasked_ms": sdpa_plain,
-            "ratio_vs_masked": ours / sdpa_masked, "ratio_vs_unmasked": ours / sdpa_plain,
-            "tflops": attention_flops(batch, N, 12, 64) / (ours * 1e-3) / 1e12,
-            "variant": default_config(batch, N, 12, 64, torch.float16, q.device).variant,
-            "goal": "<= 1.5", "met": ours / sdpa_masked <= 1.5,
-        })
-    return rows, table(rows, [("N", "N", ""), ("variant", "kernel", ""), ("triton_ms", "ours ms", ".3f"),
-                              ("sdpa_masked_ms", "SDPA (same mask) ms", ".3f"),
-                              ("sdpa_unmasked_ms", "SDPA (no mask) ms", ".3f"),
-                              ("ratio_vs_masked", "ours / SDPA", ".2f"),
-                              ("ratio_vs_unmasked", "ours / unmasked", ".2f"),
-                              ("tflops", "TFLOP/s", ".0f"), ("met", "<= 1.5x", "")])
+        rows.append(
+            {
+                "B": batch,
+                "N": N,
+                "triton_ms": ours,
+                "sdpa_masked_ms": sdpa_masked,
+                "sdpa_unmasked_ms": sdpa_plain,
+                "ratio_vs_masked": ours / sdpa_masked,
+                "ratio_vs_unmasked": ours / sdpa_plain,
+                "tflops": attention_flops(batch, N, 12, 64) / (ours * 1e-3) / 1e12,
+                "variant": default_config(batch, N, 12, 64, torch.float16, q.device).variant,
+                "goal": "<= 1.5",
+                "met": ours / sdpa_masked <= 1.5,
+            }
+        )
+    return rows, table(
+        rows,
+        [
+            ("N", "N", ""),
+            ("variant", "kernel", ""),
+            ("triton_ms", "ours ms", ".3f"),
+            ("sdpa_masked_ms", "SDPA (same mask) ms", ".3f"),
+            ("sdpa_unmasked_ms", "SDPA (no mask) ms", ".3f"),
+            ("ratio_vs_masked", "ours / SDPA", ".2f"),
+            ("ratio_vs_unmasked", "ours / unmasked", ".2f"),
+            ("tflops", "TFLOP/s", ".0f"),
+            ("met", "<= 1.5x", ""),
+        ],
+    )
 
 
 def gather_target(keeps, batch: int = 128, seq_len: int = 512, hidden_size: int = 768) -> tuple[list[dict], list[str]]:
@@ -251,20 +316,37 @@ def gather_target(keeps, batch: int = 128, seq_len: int = 512, hidden_size: int 
     for keep in keeps:
         copy = copy_gbps(batch, keep, hidden_size)
         ours = measure_select_gather("triton", batch, seq_len, keep, hidden_size)
-        rows.append({"keep": keep, "triton_ms": ours["ms"], "triton_gbps": ours["gbps"], "copy_ms": copy["ms"],
-                     "copy_gbps": copy["gbps"], "fraction": ours["gbps"] / copy["gbps"], "goal": ">= 0.70",
-                     "met": ours["gbps"] / copy["gbps"] >= 0.70})
-    return rows, table(rows, [("keep", "keep", ""), ("triton_ms", "ours ms", ".4f"),
-                              ("triton_gbps", "ours GB/s", ".0f"),
-                              ("copy_gbps", "copy GB/s", ".0f"), ("fraction", "of copy", ".0%"),
-                              ("met", ">= 70%", "")])
+        rows.append(
+            {
+                "keep": keep,
+                "triton_ms": ours["ms"],
+                "triton_gbps": ours["gbps"],
+                "copy_ms": copy["ms"],
+                "copy_gbps": copy["gbps"],
+                "fraction": ours["gbps"] / copy["gbps"],
+                "goal": ">= 0.70",
+                "met": ours["gbps"] / copy["gbps"] >= 0.70,
+            }
+        )
+    return rows, table(
+        rows,
+        [
+            ("keep", "keep", ""),
+            ("triton_ms", "ours ms", ".4f"),
+            ("triton_gbps", "ours GB/s", ".0f"),
+            ("copy_gbps", "copy GB/s", ".0f"),
+            ("fraction", "of copy", ".0%"),
+            ("met", ">= 70%", ""),
+        ],
+    )
 
 
 E2E_CASES = (("speed", 128, 128), ("memory", 32, 512))
 
 
-def end_to_end(quick: bool, cases=E2E_CASES, config: str = "bert-base",
-               dtype: torch.dtype = torch.float16) -> tuple[dict, list[str]]:
+def end_to_end(
+    quick: bool, cases=E2E_CASES, config: str = "bert-base", dtype: torch.dtype = torch.float16
+) -> tuple[dict, list[str]]:
     device = _measure.DEVICE
     args = argparse.Namespace(model=None, config=config)
     baseline, power = bm.load_models(args, device, dtype)
@@ -284,8 +366,11 @@ def end_to_end(quick: bool, cases=E2E_CASES, config: str = "bert-base",
             finally:
                 os.environ.pop("POWERBERT_BACKEND", None)
             backends[backend] = {
-                "hf_sdpa_ms": cmp.baseline_ms, "power_ms": cmp.power_ms, "speedup": cmp.speedup,
-                "of_flop_ratio": cmp.speedup / row["flop_ratio"], "peak_hf_mib": cmp.peak_mem_baseline_mb,
+                "hf_sdpa_ms": cmp.baseline_ms,
+                "power_ms": cmp.power_ms,
+                "speedup": cmp.speedup,
+                "of_flop_ratio": cmp.speedup / row["flop_ratio"],
+                "peak_hf_mib": cmp.peak_mem_baseline_mb,
                 "peak_power_mib": cmp.peak_mem_power_mb,
                 "memory_ratio": cmp.peak_mem_power_mb / cmp.peak_mem_baseline_mb,
             }
@@ -301,13 +386,24 @@ def end_to_end(quick: bool, cases=E2E_CASES, config: str = "bert-base",
             row["met"] = ours["memory_ratio"] <= 1.10
         results[name] = row
         verdict = "met" if row["met"] else "NOT met"
-        lines += [f"**{name}**: {config} random weights {str(dtype)[6:]}, B={B}, N={N}, retention {retention}; "
-                  f"FLOP ratio {row['flop_ratio']:.2f}x; goal: {row['goal']} -> **{verdict}**", ""]
-        lines += table([{"backend": b, **r} for b, r in backends.items()],
-                       [("backend", "ops backend", ""), ("hf_sdpa_ms", "HF SDPA ms", ".2f"),
-                        ("power_ms", "PoWER-BERT ms", ".2f"), ("speedup", "speed-up", ".2f"),
-                        ("of_flop_ratio", "of FLOP ratio", ".2f"), ("peak_hf_mib", "HF peak MiB", ".0f"),
-                        ("peak_power_mib", "PoWER peak MiB", ".0f"), ("memory_ratio", "memory ratio", ".2f")])
+        lines += [
+            f"**{name}**: {config} random weights {str(dtype)[6:]}, B={B}, N={N}, retention {retention}; "
+            f"FLOP ratio {row['flop_ratio']:.2f}x; goal: {row['goal']} -> **{verdict}**",
+            "",
+        ]
+        lines += table(
+            [{"backend": b, **r} for b, r in backends.items()],
+            [
+                ("backend", "ops backend", ""),
+                ("hf_sdpa_ms", "HF SDPA ms", ".2f"),
+                ("power_ms", "PoWER-BERT ms", ".2f"),
+                ("speedup", "speed-up", ".2f"),
+                ("of_flop_ratio", "of FLOP ratio", ".2f"),
+                ("peak_hf_mib", "HF peak MiB", ".0f"),
+                ("peak_power_mib", "PoWER peak MiB", ".0f"),
+                ("memory_ratio", "memory ratio", ".2f"),
+            ],
+        )
         lines.append("")
     return results, lines
 
@@ -319,12 +415,16 @@ def tune(lengths, batch: int = 64) -> tuple[dict, list[str]]:
         n_pad = max(16, 1 << (N - 1).bit_length())
         configs = []
         if n_pad <= 256:
-            configs += [AttentionConfig("single_pass", bm_, n_pad, w, 1) for bm_ in (16, 32, 64) for w in (4, 8)
-                        if bm_ <= n_pad]
-        configs += [AttentionConfig("two_pass", bm_, bn, w, st, sbm, sbn, sw)
-                    for bm_, bn, w in ((64, 64, 4), (128, 64, 8), (128, 32, 4), (64, 32, 8))
-                    for st in (2, 3) for sbm, sbn, sw in ((32, 128, 8), (64, 64, 8), (64, 128, 8))
-                    if bm_ <= n_pad and bn <= n_pad and sbn <= n_pad]
+            configs += [
+                AttentionConfig("single_pass", bm_, n_pad, w, 1) for bm_ in (16, 32, 64) for w in (4, 8) if bm_ <= n_pad
+            ]
+        configs += [
+            AttentionConfig("two_pass", bm_, bn, w, st, sbm, sbn, sw)
+            for bm_, bn, w in ((64, 64, 4), (128, 64, 8), (128, 32, 4), (64, 32, 8))
+            for st in (2, 3)
+            for sbm, sbn, sw in ((32, 128, 8), (64, 64, 8), (64, 128, 8))
+            if bm_ <= n_pad and bn <= n_pad and sbn <= n_pad
+        ]
         for config in configs:
             try:
                 ms = median_ms(_launcher(q, k, v, mask, config), warmup=10, rep=40)
@@ -338,17 +438,31 @@ def tune(lengths, batch: int = 64) -> tuple[dict, list[str]]:
             best[N] = min(timed, key=lambda r: r["ms"])
     default = {N: default_config(batch, N, 12, 64, torch.float16, _measure.DEVICE).__dict__ for N in lengths}
     lines = [f"B={batch}, H=12, d=64, fp16. Best per N:", ""]
-    lines += table(list(best.values()), [("N", "N", ""), ("variant", "variant", ""), ("block_m", "BM", ""),
-                                         ("block_n", "BN", ""), ("num_warps", "warps", ""),
-                                         ("num_stages", "stages", ""), ("sig_block_n", "pass-2 BN", ""),
-                                         ("sig_num_warps", "pass-2 warps", ""), ("ms", "ms", ".3f")])
+    lines += table(
+        list(best.values()),
+        [
+            ("N", "N", ""),
+            ("variant", "variant", ""),
+            ("block_m", "BM", ""),
+            ("block_n", "BN", ""),
+            ("num_warps", "warps", ""),
+            ("num_stages", "stages", ""),
+            ("sig_block_n", "pass-2 BN", ""),
+            ("sig_num_warps", "pass-2 warps", ""),
+            ("ms", "ms", ".3f"),
+        ],
+    )
     return {"rows": rows, "best": best, "default": default}, lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
-                        help="folder for gpu_sweep.json and gpu_sweep.md (default: benchmarks/results)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="folder for gpu_sweep.json and gpu_sweep.md (default: benchmarks/results)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats (a few minutes)")
     parser.add_argument("--tune", action="store_true", help="also time a grid of tile configurations")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end model comparisons")
@@ -363,16 +477,30 @@ def main(argv: list[str] | None = None) -> int:
     batches = (1, 128) if args.quick else SWEEP_B
     lengths = (64, 128, 512) if args.quick else SWEEP_N
 
-    report.section("correctness", "Correctness on the GPU (Triton vs reference, fp16, exclude_self)", correctness,
-                   [(2, 1), (3, 77), (8, 128), (4, 256), (4, 257), (2, 1024), (1, 4096)])
+    report.section(
+        "correctness",
+        "Correctness on the GPU (Triton vs reference, fp16, exclude_self)",
+        correctness,
+        [(2, 1), (3, 77), (8, 128), (4, 256), (4, 257), (2, 1024), (1, 4096)],
+    )
     report.section("attention", "Attention with significance (H=12, d=64, fp16)", attention_sweep, batches, lengths)
     report.section("select_gather", "Select-gather (D=768, keep=N/2, fp16)", select_gather_sweep, batches, lengths)
-    report.section("variants", "Attention: single pass vs two passes", variants,
-                   (128,) if args.quick else (32, 128), (64, 128, 256))
-    report.section("target_attention", "Target: attention vs SDPA (B=64, H=12, d=64, fp16)", attention_target,
-                   (128, 512))
-    report.section("target_select_gather", "Target: select-gather vs copy bandwidth (B=128, N=512, D=768, fp16)",
-                   gather_target, (128, 256, 384))
+    report.section(
+        "variants",
+        "Attention: single pass vs two passes",
+        variants,
+        (128,) if args.quick else (32, 128),
+        (64, 128, 256),
+    )
+    report.section(
+        "target_attention", "Target: attention vs SDPA (B=64, H=12, d=64, fp16)", attention_target, (128, 512)
+    )
+    report.section(
+        "target_select_gather",
+        "Target: select-gather vs copy bandwidth (B=128, N=512, D=768, fp16)",
+        gather_target,
+        (128, 256, 384),
+    )
     if not args.skip_e2e:
         report.section("end_to_end", "Targets: bert-base end to end vs HF SDPA", end_to_end, args.quick)
     if args.tune:

@@ -36,8 +36,9 @@ ROUNDS = 41
 pytestmark = pytest.mark.skipif(not ext.is_loaded(), reason=f"extension not built: {ext.LOAD_ERROR}")
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int = ROUNDS,
-                      warmup: int = 3) -> dict[str, list[float]]:
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], rounds: int = ROUNDS, warmup: int = 3
+) -> dict[str, list[float]]:
     """Seconds per call of each function, calling them in turn (order alternating every round)."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -58,8 +59,14 @@ def compare(ref: Callable[[], object], cand: Callable[[], object], rounds: int =
     times = interleaved_times({"reference": ref, "ext": cand}, rounds)
     ref_ms, ext_ms = (statistics.median(times[k]) * 1e3 for k in ("reference", "ext"))
     ref_min, ext_min = (min(times[k]) * 1e3 for k in ("reference", "ext"))
-    return {"ratio": ref_ms / ext_ms, "ref_ms": ref_ms, "ext_ms": ext_ms, "ratio_of_minima": ref_min / ext_min,
-            "ref_min_ms": ref_min, "ext_min_ms": ext_min}
+    return {
+        "ratio": ref_ms / ext_ms,
+        "ref_ms": ref_ms,
+        "ext_ms": ext_ms,
+        "ratio_of_minima": ref_min / ext_min,
+        "ref_min_ms": ref_min,
+        "ext_min_ms": ext_min,
+    }
 
 
 THREADS = sorted({1, torch.get_num_threads()})
@@ -137,8 +144,9 @@ def test_cpu_significance_from_probs(benchmark, threads, shape, exclude_self):
 
     torch.testing.assert_close(cand(), ref(), rtol=1e-4, atol=1e-4)
     result = compare(ref, cand, rounds=41)
-    benchmark.group = f"cpu significance_from_probs walk B={B} H={H} N={N} exclude_self={exclude_self} " \
-                      f"threads={threads}"
+    benchmark.group = (
+        f"cpu significance_from_probs walk B={B} H={H} N={N} exclude_self={exclude_self} threads={threads}"
+    )
     record(benchmark, cand, **result, threads=threads)
     assert result["ratio"] >= 1.0
 
@@ -182,8 +190,9 @@ def cuda_median_s(fn: Callable[[], object], rounds: int = 50, warmup: int = 5) -
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("shape", [(32, 12, 512, 512), (128, 12, 128, 128), (4, 12, 1024, 1024)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape", [(32, 12, 512, 512), (128, 12, 128, 128), (4, 12, 1024, 1024)], ids=lambda s: "x".join(map(str, s))
+)
 def test_gpu_significance_reads_probs_at_copy_bandwidth(benchmark, shape, dtype):
     B, H, n_q, N = shape
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -201,8 +210,14 @@ def test_gpu_significance_reads_probs_at_copy_bandwidth(benchmark, shape, dtype)
     copy_gbps = 2 * nbytes / statistics.median(copy_s) / 1e9  # read + write
     sig_gbps = nbytes / statistics.median(cand_s) / 1e9  # one read
     benchmark.group = f"gpu significance_from_probs {shape} {str(dtype)[6:]}"
-    record(benchmark, lambda: (cand(), torch.cuda.synchronize()), sig_gbps=sig_gbps, copy_gbps=copy_gbps,
-           fraction=sig_gbps / copy_gbps, device=torch.cuda.get_device_name())
+    record(
+        benchmark,
+        lambda: (cand(), torch.cuda.synchronize()),
+        sig_gbps=sig_gbps,
+        copy_gbps=copy_gbps,
+        fraction=sig_gbps / copy_gbps,
+        device=torch.cuda.get_device_name(),
+    )
     assert sig_gbps >= 0.7 * copy_gbps
 
 
@@ -218,5 +233,11 @@ def test_gpu_select_gather_vs_reference(benchmark, dtype):
     ref_s = cuda_median_s(lambda: ops.select_gather_ref(hidden, sig, mask, keep))
     ext_s = cuda_median_s(lambda: ext.select_gather_ext(hidden, sig, mask, keep))
     benchmark.group = f"gpu select_gather B={B} N={N} D={D} keep={keep} {str(dtype)[6:]}"
-    record(benchmark, lambda: (ext.select_gather_ext(hidden, sig, mask, keep), torch.cuda.synchronize()),
-           ratio=ref_s / ext_s, ref_ms=ref_s * 1e3, ext_ms=ext_s * 1e3, device=torch.cuda.get_device_name())
+    record(
+        benchmark,
+        lambda: (ext.select_gather_ext(hidden, sig, mask, keep), torch.cuda.synchronize()),
+        ratio=ref_s / ext_s,
+        ref_ms=ref_s * 1e3,
+        ext_ms=ext_s * 1e3,
+        device=torch.cuda.get_device_name(),
+    )

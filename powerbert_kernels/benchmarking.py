@@ -168,8 +168,9 @@ def compare_models(
         return lambda: model(**inputs)
 
     with torch.inference_mode():
-        times = time_interleaved({"baseline": run(baseline), "power": run(power)}, device,
-                                 repeats=repeats, warmup=warmup)
+        times = time_interleaved(
+            {"baseline": run(baseline), "power": run(power)}, device, repeats=repeats, warmup=warmup
+        )
         mem_base = peak_memory_mb(run(baseline), device) if measure_memory else None
         mem_power = peak_memory_mb(run(power), device) if measure_memory else None
     base_ms = statistics.median(times["baseline"])
@@ -244,12 +245,18 @@ def load_models(args: argparse.Namespace, device: torch.device, dtype: torch.dty
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="local HF model folder or hub id (weights loaded)")
-    source.add_argument("--config", choices=sorted(CONFIGS), default="bert-base",
-                        help="random-weight model of this size (default: bert-base)")
+    source.add_argument(
+        "--config",
+        choices=sorted(CONFIGS),
+        default="bert-base",
+        help="random-weight model of this size (default: bert-base)",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--retention", help="comma-separated counts or fractions, one per layer "
-                        "(default: the paper's RTE configuration as fractions)")
+    parser.add_argument(
+        "--retention",
+        help="comma-separated counts or fractions, one per layer (default: the paper's RTE configuration as fractions)",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backend", choices=["triton", "ext", "torch"], help="force an ops backend")
@@ -273,8 +280,9 @@ def run(args: argparse.Namespace) -> int:
     retention = parse_retention(args.retention) if args.retention else default_retention(num_layers)
     apply_power_bert(power, retention)
     inputs = random_inputs(args.batch, args.seq_len, baseline.config.vocab_size, device)
-    result = compare_models(baseline, power, inputs, repeats=args.repeats, warmup=args.warmup,
-                            measure_memory=not args.no_memory)
+    result = compare_models(
+        baseline, power, inputs, repeats=args.repeats, warmup=args.warmup, measure_memory=not args.no_memory
+    )
     report = {
         "model": args.model or args.config,
         "batch": args.batch,
@@ -293,8 +301,9 @@ def run(args: argparse.Namespace) -> int:
     mem = ""
     if result.peak_mem_baseline_mb is not None and result.peak_mem_power_mb is not None:
         base_mb, power_mb = result.peak_mem_baseline_mb, result.peak_mem_power_mb
-        mem = (f"peak memory  HF SDPA {base_mb:9.1f} MiB   PoWER-BERT {power_mb:9.1f} MiB   "
-               f"({power_mb / base_mb:.2f}x)\n")
+        mem = (
+            f"peak memory  HF SDPA {base_mb:9.1f} MiB   PoWER-BERT {power_mb:9.1f} MiB   ({power_mb / base_mb:.2f}x)\n"
+        )
     print(
         f"{report['model']}  batch {args.batch}  seq-len {args.seq_len}  {args.dtype}  on {report['device_name']} "
         f"({report['device']}), torch {report['torch']}\n"

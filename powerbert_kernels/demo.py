@@ -72,8 +72,11 @@ def survival_picture(tokens: list[str], layer_positions: list[list[int]], color:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="local HF model folder or hub id (default: offline all-MiniLM-L6-v2)")
-    parser.add_argument("--retention", help="comma-separated counts or fractions, one per layer "
-                        f"(default: {','.join(map(str, DEFAULT_RETENTION))} for 6 layers)")
+    parser.add_argument(
+        "--retention",
+        help="comma-separated counts or fractions, one per layer "
+        f"(default: {','.join(map(str, DEFAULT_RETENTION))} for 6 layers)",
+    )
     parser.add_argument("--text", action="append", help="a sentence to show (repeatable; default: built-in ones)")
     parser.add_argument("--batch", type=int, default=32, help="batch size of the timing run (default 32)")
     parser.add_argument("--repeats", type=int, default=10, help="interleaved timing repeats (default 10)")
@@ -109,17 +112,16 @@ def run(args: argparse.Namespace) -> int:
 
     N = batch["input_ids"].shape[1]
     width = shutil.get_terminal_size((120, 20)).columns
-    print(f"model: {path}\nretention: {retention}  ->  kept per layer at padded length {N}: "
-          f"{keep_counts(retention, N)}\n")
+    print(
+        f"model: {path}\nretention: {retention}  ->  kept per layer at padded length {N}: {keep_counts(retention, N)}\n"
+    )
     for b, sentence in enumerate(sentences):
         length = int(batch["attention_mask"][b].sum())
         real = batch["attention_mask"][b].bool()
         positions = torch.arange(N)[real].tolist()
         tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][b][real].tolist())
         index_of = {p: i for i, p in enumerate(positions)}
-        per_layer = [
-            [index_of[p] for p in kept[b].tolist() if p in index_of] for kept in out_power.layer_kept_indices
-        ]
+        per_layer = [[index_of[p] for p in kept[b].tolist() if p in index_of] for kept in out_power.layer_kept_indices]
         print(f"[{b + 1}] {sentence}"[:width])
         for line in survival_picture(tokens, per_layer, color):
             print(line)
@@ -129,9 +131,14 @@ def run(args: argparse.Namespace) -> int:
     timing_batch = {k: v.repeat(repeat, 1)[: args.batch] for k, v in batch.items()}
     result = compare_models(stock, power, timing_batch, repeats=args.repeats, measure_memory=False)
     ratio = flop_ratio(stock, timing_batch["input_ids"].shape[0], N, retention)
-    print(f"timing: batch {timing_batch['input_ids'].shape[0]} x {N} tokens, {torch.get_num_threads()} CPU threads"
-          if not torch.cuda.is_available() else f"timing: batch {timing_batch['input_ids'].shape[0]} x {N} tokens")
-    print(f"  stock (SDPA) {result.baseline_ms:8.2f} ms   PoWER-BERT {result.power_ms:8.2f} ms   "
-          f"speed-up {result.speedup:.2f}x  (FLOP ratio {ratio:.2f}x, {args.repeats} interleaved repeats)")
+    print(
+        f"timing: batch {timing_batch['input_ids'].shape[0]} x {N} tokens, {torch.get_num_threads()} CPU threads"
+        if not torch.cuda.is_available()
+        else f"timing: batch {timing_batch['input_ids'].shape[0]} x {N} tokens"
+    )
+    print(
+        f"  stock (SDPA) {result.baseline_ms:8.2f} ms   PoWER-BERT {result.power_ms:8.2f} ms   "
+        f"speed-up {result.speedup:.2f}x  (FLOP ratio {ratio:.2f}x, {args.repeats} interleaved repeats)"
+    )
     print(f"  embedding cosine to the stock model: mean {cosine.mean():.4f}, min {cosine.min():.4f}")
     return 0

@@ -20,8 +20,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = environment(device)
-    print(f"powerbert_kernels {__version__}; torch {env['torch']}, transformers {env['transformers']}, "
-          f"triton {env['triton']}, python {env['python']}")
+    print(
+        f"powerbert_kernels {__version__}; torch {env['torch']}, transformers {env['transformers']}, "
+        f"triton {env['triton']}, python {env['python']}"
+    )
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         print(f"device: {env['device_name']} (compute capability {major}.{minor}, CUDA {env['cuda']})")

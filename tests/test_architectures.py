@@ -17,8 +17,9 @@ from transformers import (
 
 from powerbert_kernels import apply_power_bert, model_flops
 
-SMALL = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
-             max_position_embeddings=64)
+SMALL = dict(
+    hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, max_position_embeddings=64
+)
 
 
 def roberta():
@@ -27,8 +28,9 @@ def roberta():
 
 def electra():
     # embedding_size below hidden_size: the model projects its embeddings.
-    return ElectraForSequenceClassification(ElectraConfig(**SMALL, embedding_size=32, num_labels=2,
-                                                          attn_implementation="eager"))
+    return ElectraForSequenceClassification(
+        ElectraConfig(**SMALL, embedding_size=32, num_labels=2, attn_implementation="eager")
+    )
 
 
 def batch_for(config, side: str, B: int = 3, N: int = 19):

@@ -19,18 +19,63 @@ def test_demo_runs_on_the_default_model(minilm_path, capsys):
 
 
 def test_demo_takes_a_model_folder_and_texts(minilm_path, capsys):
-    assert main(["demo", "--model", minilm_path, "--retention", "8,6,5,4,3,2", "--text", "one two three four five "
-                 "six seven eight nine ten", "--batch", "2", "--repeats", "2", "--no-color"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--model",
+                minilm_path,
+                "--retention",
+                "8,6,5,4,3,2",
+                "--text",
+                "one two three four five six seven eight nine ten",
+                "--batch",
+                "2",
+                "--repeats",
+                "2",
+                "--no-color",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "(2/12)" in out  # the last layer keeps 2 of the 12 tokens
 
 
 def test_bench_json_has_the_promised_keys(capsys):
-    assert main(["bench", "--config", "minilm", "--batch", "2", "--seq-len", "16", "--retention",
-                 "12,10,8,6,4,2", "--repeats", "2", "--warmup", "1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--config",
+                "minilm",
+                "--batch",
+                "2",
+                "--seq-len",
+                "16",
+                "--retention",
+                "12,10,8,6,4,2",
+                "--repeats",
+                "2",
+                "--warmup",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("baseline_ms", "power_ms", "speedup", "flop_ratio", "peak_mem_baseline_mb", "peak_mem_power_mb",
-                "device", "torch", "date"):
+    for key in (
+        "baseline_ms",
+        "power_ms",
+        "speedup",
+        "flop_ratio",
+        "peak_mem_baseline_mb",
+        "peak_mem_power_mb",
+        "device",
+        "torch",
+        "date",
+    ):
         assert key in report
     assert report["kept_per_layer"] == [12, 10, 8, 6, 4, 2]
     assert report["baseline_ms"] > 0 and report["power_ms"] > 0 and report["flop_ratio"] > 1
@@ -38,8 +83,22 @@ def test_bench_json_has_the_promised_keys(capsys):
 
 def test_bench_refuses_bad_retention():
     with pytest.raises(ValueError, match="non-increasing"):
-        main(["bench", "--config", "minilm", "--batch", "1", "--seq-len", "8", "--retention", "4,5,3,2,1,1",
-              "--repeats", "1", "--no-memory"])
+        main(
+            [
+                "bench",
+                "--config",
+                "minilm",
+                "--batch",
+                "1",
+                "--seq-len",
+                "8",
+                "--retention",
+                "4,5,3,2,1,1",
+                "--repeats",
+                "1",
+                "--no-memory",
+            ]
+        )
 
 
 def test_default_retention_is_a_valid_configuration():

@@ -34,7 +34,9 @@ def test_unknown_backend_names_the_source(monkeypatch):
 def test_forced_backend_that_cannot_run_lists_every_reason(monkeypatch):
     monkeypatch.setattr(_dispatch, "_REGISTRY", {op: dict(impls) for op, impls in _dispatch._REGISTRY.items()})
     _dispatch.register(
-        "select_gather", "triton", lambda *a: None,
+        "select_gather",
+        "triton",
+        lambda *a: None,
         unsupported=lambda f: ["not a CUDA device", "float64 is not supported"],
     )
     facts = _dispatch.CallFacts(torch.device("cpu"), torch.float32)
@@ -66,13 +68,19 @@ def test_missing_backend_reason_is_reported(monkeypatch):
         (lambda q, k, v, m: ops.attention_with_significance(q[0], k, v, m), r"q must have shape \(B, N, H, d\)"),
         (lambda q, k, v, m: ops.attention_with_significance(q, k[:, :4], v, m), "k must have the shape of q"),
         (lambda q, k, v, m: ops.attention_with_significance(q, k.double(), v, m), "q|k"),
-        (lambda q, k, v, m: ops.attention_with_significance(q.double(), k.double(), v.double(), m),
-         "q must be float16, bfloat16 or float32"),
+        (
+            lambda q, k, v, m: ops.attention_with_significance(q.double(), k.double(), v.double(), m),
+            "q must be float16, bfloat16 or float32",
+        ),
         (lambda q, k, v, m: ops.attention_with_significance(q, k, v, m[:, :4]), r"key_padding_mask must have shape"),
         (lambda q, k, v, m: ops.attention_with_significance(q, k, v, m.long()), "key_padding_mask must be a bool"),
         (lambda q, k, v, m: ops.attention_with_significance(q, k, v, m, scale=-1.0), "scale must be a positive"),
-        (lambda q, k, v, m: ops.attention_with_significance(
-            q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), m), "contiguous in its last dimension"),
+        (
+            lambda q, k, v, m: ops.attention_with_significance(
+                q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), m
+            ),
+            "contiguous in its last dimension",
+        ),
     ],
 )
 def test_attention_bad_input_names_the_argument(call, match):
@@ -102,8 +110,9 @@ def test_attention_rejects_last_dim_strides():
     ],
 )
 def test_select_gather_bad_input_names_the_argument(kwargs, match):
-    args = dict(hidden=torch.randn(2, 6, 3), significance=torch.rand(2, 6),
-                mask=torch.ones(2, 6, dtype=torch.bool), keep=3)
+    args = dict(
+        hidden=torch.randn(2, 6, 3), significance=torch.rand(2, 6), mask=torch.ones(2, 6, dtype=torch.bool), keep=3
+    )
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
         ops.select_gather(args["hidden"], args["significance"], args["mask"], args["keep"])

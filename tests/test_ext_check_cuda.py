@@ -38,8 +38,10 @@ def _nvrtc_available() -> bool:
 def require_compiler(arch: int) -> None:
     if arch in _nvcc_archs() or (arch < 75 and _nvrtc_available()):
         return
-    message = (f"no compiler for sm_{arch}: nvcc (CUDA 13 for sm_75+) or nvidia-cuda-nvrtc-cu11 and "
-               "nvidia-cuda-nvcc-cu11 (for sm_37, sm_60) must be installed")
+    message = (
+        f"no compiler for sm_{arch}: nvcc (CUDA 13 for sm_75+) or nvidia-cuda-nvrtc-cu11 and "
+        "nvidia-cuda-nvcc-cu11 (for sm_37, sm_60) must be installed"
+    )
     if CI:
         pytest.fail(f"CI=true: {message}")
     pytest.skip(message)
@@ -65,7 +67,7 @@ def test_compiler_errors_are_reported_per_architecture(tmp_path: Path, capsys):
     source = check_cuda.find_source_dir()
     shutil.copytree(source, tmp_path / "csrc")
     broken = tmp_path / "csrc" / check_cuda.SOURCE_NAME
-    broken.write_text(broken.read_text() + "\nstatic_assert(false, \"deliberately broken\");\n")
+    broken.write_text(broken.read_text() + '\nstatic_assert(false, "deliberately broken");\n')
     code = main(["check-cuda", "--arch", ",".join(map(str, archs)), "--source", str(tmp_path / "csrc")])
     out = capsys.readouterr().out
     assert code == 1

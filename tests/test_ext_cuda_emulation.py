@@ -34,20 +34,62 @@ def emulator(tmp_path_factory) -> ctypes.CDLL:
         pytest.skip("no C++ compiler (or no source checkout) for the CUDA emulation")
     library = tmp_path_factory.mktemp("emulation") / "libpowerbert_emulation.so"
     subprocess.run(
-        [compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-Wno-unknown-pragmas", f"-I{CSRC}",
-         str(CSRC / "emulation" / "emulate_kernels.cpp"), "-o", str(library)],
-        check=True, capture_output=True, text=True,
+        [
+            compiler,
+            "-std=c++20",
+            "-O1",
+            "-pthread",
+            "-shared",
+            "-fPIC",
+            "-Wno-unknown-pragmas",
+            f"-I{CSRC}",
+            str(CSRC / "emulation" / "emulate_kernels.cpp"),
+            "-o",
+            str(library),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     lib = ctypes.CDLL(str(library))
     lib.pb_emu_significance.restype = ctypes.c_int
     lib.pb_emu_significance.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, i64, i64, i64,
-        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        i64,
+        i64,
+        i64,
+        ctypes.c_void_p,
+        i64,
+        i64,
+        i64,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
     ]
     lib.pb_emu_select_gather.restype = ctypes.c_int
     lib.pb_emu_select_gather.argtypes = [
-        ctypes.c_void_p, i64, i64, ctypes.c_void_p, i64, i64, i64, ctypes.c_int, ctypes.c_int,
-        ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+        ctypes.c_void_p,
+        i64,
+        i64,
+        ctypes.c_void_p,
+        i64,
+        i64,
+        i64,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        i64,
+        i64,
+        i64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
     ]
     return lib
 
@@ -65,8 +107,19 @@ def emulated_significance(lib, probs, mask, q_offset, exclude_self, num_sms):
     assert probs.stride(-1) == 1
     out = torch.full((B, N), float("nan"))
     code = lib.pb_emu_significance(
-        DTYPE_CODES[probs.dtype], probs.data_ptr(), *(probs.stride(i) if probs.size(i) > 1 else 0 for i in range(3)),
-        mask.data_ptr(), mask.stride(0), mask.stride(1), B, H, n_q, N, q_offset, int(exclude_self), num_sms,
+        DTYPE_CODES[probs.dtype],
+        probs.data_ptr(),
+        *(probs.stride(i) if probs.size(i) > 1 else 0 for i in range(3)),
+        mask.data_ptr(),
+        mask.stride(0),
+        mask.stride(1),
+        B,
+        H,
+        n_q,
+        N,
+        q_offset,
+        int(exclude_self),
+        num_sms,
         out.data_ptr(),
     )
     return out, code // 100000, code % 100000
@@ -81,12 +134,15 @@ def make_mask(B, N, g, left=False):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("B,H,n_q,N,q_offset,num_sms,aligned", [
-    (2, 3, 40, 64, 0, 1, True),     # vectorised loads, one split
-    (1, 4, 80, 80, 0, 16, True),    # vectorised, rows split over blocks + the fixed-order second pass
-    (3, 2, 9, 65, 30, 4, True),     # N not a multiple of the vector width: scalar loads, a block of rows
-    (2, 3, 33, 128, 0, 2, False),   # a misaligned view: scalar loads
-])
+@pytest.mark.parametrize(
+    "B,H,n_q,N,q_offset,num_sms,aligned",
+    [
+        (2, 3, 40, 64, 0, 1, True),  # vectorised loads, one split
+        (1, 4, 80, 80, 0, 16, True),  # vectorised, rows split over blocks + the fixed-order second pass
+        (3, 2, 9, 65, 30, 4, True),  # N not a multiple of the vector width: scalar loads, a block of rows
+        (2, 3, 33, 128, 0, 2, False),  # a misaligned view: scalar loads
+    ],
+)
 def test_significance_kernel(emulator, dtype, B, H, n_q, N, q_offset, num_sms, aligned):
     g = torch.Generator().manual_seed(N + n_q)
     base = torch.randn(B, H, n_q, N + 8, generator=g).softmax(-1).to(dtype)
@@ -101,12 +157,15 @@ def test_significance_kernel(emulator, dtype, B, H, n_q, N, q_offset, num_sms, a
     assert (splits > 1) == (num_sms == 16)
 
 
-@pytest.mark.parametrize("N,D,dtype,keep_list", [
-    (7, 4, torch.float32, [1, 3, 7]),       # 16-byte copies
-    (300, 4, torch.float16, [1, 150, 299]),  # two chunks of 256 positions, 8-byte copies
-    (33, 1, torch.float32, [5, 33]),        # 4-byte copies
-    (40, 3, torch.float16, [20]),           # 2-byte copies
-])
+@pytest.mark.parametrize(
+    "N,D,dtype,keep_list",
+    [
+        (7, 4, torch.float32, [1, 3, 7]),  # 16-byte copies
+        (300, 4, torch.float16, [1, 150, 299]),  # two chunks of 256 positions, 8-byte copies
+        (33, 1, torch.float32, [5, 33]),  # 4-byte copies
+        (40, 3, torch.float16, [20]),  # 2-byte copies
+    ],
+)
 def test_select_gather_kernels(emulator, N, D, dtype, keep_list):
     g = torch.Generator().manual_seed(N * 3 + D)
     B = 3
@@ -121,9 +180,23 @@ def test_select_gather_kernels(emulator, N, D, dtype, keep_list):
         mask_out = torch.zeros(B, keep, dtype=torch.bool)
         out = torch.full((B, keep, D), float("nan"), dtype=dtype)
         unit = emulator.pb_emu_select_gather(
-            sig.data_ptr(), sig.stride(0), sig.stride(1), mask.data_ptr(), mask.stride(0), mask.stride(1), B, N, keep,
-            hidden.data_ptr(), hidden.stride(0) * hidden.element_size(), hidden.stride(1) * hidden.element_size(),
-            D * hidden.element_size(), indices.data_ptr(), mask_out.data_ptr(), out.data_ptr(), 4,
+            sig.data_ptr(),
+            sig.stride(0),
+            sig.stride(1),
+            mask.data_ptr(),
+            mask.stride(0),
+            mask.stride(1),
+            B,
+            N,
+            keep,
+            hidden.data_ptr(),
+            hidden.stride(0) * hidden.element_size(),
+            hidden.stride(1) * hidden.element_size(),
+            D * hidden.element_size(),
+            indices.data_ptr(),
+            mask_out.data_ptr(),
+            out.data_ptr(),
+            4,
         )
         want = select_gather_ref(hidden, sig, mask, keep)
         assert torch.equal(indices, want[2]), (keep, indices, want[2])
@@ -143,8 +216,23 @@ def test_gather_byte_copies(emulator):
     mask_out = torch.empty(B, keep, dtype=torch.bool)  # held here: the C side writes into it
     out = torch.zeros(B, keep, row, dtype=torch.uint8)
     unit = emulator.pb_emu_select_gather(
-        sig.data_ptr(), N, 1, mask.data_ptr(), N, 1, B, N, keep, hidden.data_ptr(), N * row, row, row,
-        indices.data_ptr(), mask_out.data_ptr(), out.data_ptr(), 1,
+        sig.data_ptr(),
+        N,
+        1,
+        mask.data_ptr(),
+        N,
+        1,
+        B,
+        N,
+        keep,
+        hidden.data_ptr(),
+        N * row,
+        row,
+        row,
+        indices.data_ptr(),
+        mask_out.data_ptr(),
+        out.data_ptr(),
+        1,
     )
     assert unit == 1
     want = select_gather_ref(hidden.float(), sig, mask, keep)

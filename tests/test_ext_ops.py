@@ -90,8 +90,9 @@ def test_significance_from_probs_matches_reference(device, N, H, dtype, B, paddi
     assert got.dtype == torch.float32 and got.shape == (B, N) and got.device.type == device
     # The op widens each stored value exactly and accumulates in float32, so the tolerance is float32's
     # whatever the input dtype (the reference sums the very same values in float64).
-    torch.testing.assert_close(got.cpu().double(), significance_expected(probs, mask, 0, exclude_self),
-                               rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(
+        got.cpu().double(), significance_expected(probs, mask, 0, exclude_self), rtol=2e-6, atol=2e-6
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -108,8 +109,9 @@ def test_significance_blocks_add_up_to_the_whole(device, N, block, exclude_self)
     for start in range(0, N, block):
         rows = probs[:, :, start : start + block]
         got = ext.significance_from_probs(rows.to(device), mask.to(device), start, exclude_self).cpu()
-        torch.testing.assert_close(got.double(), significance_expected(rows, mask, start, exclude_self),
-                                   rtol=2e-6, atol=2e-6)
+        torch.testing.assert_close(
+            got.double(), significance_expected(rows, mask, start, exclude_self), rtol=2e-6, atol=2e-6
+        )
         total += got.double()
     torch.testing.assert_close(total, significance_expected(probs, mask, 0, exclude_self), rtol=1e-5, atol=1e-5)
 
@@ -161,8 +163,14 @@ def assert_select_gather_equal(got, expected) -> None:
 SELECT_CASES = [
     (N, D, dtype, B, padding)
     for N, (D, dtype, B, padding) in itertools.product(
-        NS, [(7, torch.float32, 1, "right"), (16, torch.float16, 4, "left"), (33, torch.bfloat16, 3, "cls_only"),
-             (768, torch.float32, 2, "none"), (5, torch.float16, 5, "right")]
+        NS,
+        [
+            (7, torch.float32, 1, "right"),
+            (16, torch.float16, 4, "left"),
+            (33, torch.bfloat16, 3, "cls_only"),
+            (768, torch.float32, 2, "none"),
+            (5, torch.float16, 5, "right"),
+        ],
     )
 ]
 
@@ -239,13 +247,16 @@ ATTENTION_TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-3, 2e-3), torch
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("N,H,d,dtype,padding,exclude_self", [
-    (1, 1, 8, torch.float32, "none", False),
-    (7, 3, 5, torch.float16, "left", True),
-    (64, 12, 16, torch.bfloat16, "right", False),
-    (65, 3, 7, torch.float32, "cls_only", True),
-    (257, 2, 32, torch.float32, "right", True),
-])
+@pytest.mark.parametrize(
+    "N,H,d,dtype,padding,exclude_self",
+    [
+        (1, 1, 8, torch.float32, "none", False),
+        (7, 3, 5, torch.float16, "left", True),
+        (64, 12, 16, torch.bfloat16, "right", False),
+        (65, 3, 7, torch.float32, "cls_only", True),
+        (257, 2, 32, torch.float32, "right", True),
+    ],
+)
 def test_attention_with_significance_ext_matches_reference(device, N, H, d, dtype, padding, exclude_self):
     g = torch.Generator().manual_seed(N + d)
     B = 3
@@ -320,8 +331,9 @@ def test_opcheck_public_ops_with_ext_backend():
     g = torch.Generator().manual_seed(0)
     mask = make_mask(2, 10, "right", g)
     q, k, v = (torch.randn(2, 10, 3, 8, generator=g).requires_grad_() for _ in range(3))
-    torch.library.opcheck(torch.ops.powerbert.attention_with_significance.default,
-                          (q, k, v, mask, 8**-0.5, True, "ext"))
+    torch.library.opcheck(
+        torch.ops.powerbert.attention_with_significance.default, (q, k, v, mask, 8**-0.5, True, "ext")
+    )
     hidden = torch.randn(2, 10, 6, generator=g).requires_grad_()
     sig = significance_like_attention(mask, g)
     torch.library.opcheck(torch.ops.powerbert.select_gather.default, (hidden, sig, mask, 4, "ext"))
@@ -421,5 +433,6 @@ def test_cuda_kernels_load_and_are_deterministic():
     first = ext.significance_from_probs(probs, mask, 0, True)
     for _ in range(3):
         assert torch.equal(ext.significance_from_probs(probs, mask, 0, True), first)
-    torch.testing.assert_close(first.cpu().double(), significance_expected(probs.cpu(), mask.cpu(), 0, True),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        first.cpu().double(), significance_expected(probs.cpu(), mask.cpu(), 0, True), rtol=1e-5, atol=1e-5
+    )

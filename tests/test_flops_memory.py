@@ -19,11 +19,14 @@ def counted_flops(model, inputs) -> int:
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize("batch,seq_len,retention", [
-    (2, 17, [15, 11, 8, 8, 3, 1]),
-    (3, 40, [0.9, 0.7, 0.5, 0.3, 0.2, 0.1]),
-    (1, 9, [64, 64, 9, 5, 5, 2]),  # counts above the padded length keep everything
-])
+@pytest.mark.parametrize(
+    "batch,seq_len,retention",
+    [
+        (2, 17, [15, 11, 8, 8, 3, 1]),
+        (3, 40, [0.9, 0.7, 0.5, 0.3, 0.2, 0.1]),
+        (1, 9, [64, 64, 9, 5, 5, 2]),  # counts above the padded length keep everything
+    ],
+)
 def test_flops_match_flop_counter_on_real_minilm(minilm_path, batch, seq_len, retention):
     # Eager attention so that FlopCounterMode sees the stock model's attention matmuls.
     stock = AutoModel.from_pretrained(minilm_path, attn_implementation="eager").eval()

@@ -100,8 +100,7 @@ def test_rows_are_independent_of_their_batch(patched_minilm, minilm_tokenizer):
         for b in range(len(SENTENCES)):
             alone = patched_minilm(**{k: v[b : b + 1] for k, v in batch.items()})
             assert torch.equal(alone.kept_indices[0], together.kept_indices[b])
-            torch.testing.assert_close(alone.last_hidden_state[0], together.last_hidden_state[b],
-                                       atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(alone.last_hidden_state[0], together.last_hidden_state[b], atol=2e-5, rtol=1e-5)
             torch.testing.assert_close(alone.pooler_output[0], together.pooler_output[b], atol=2e-5, rtol=1e-5)
 
 
@@ -225,15 +224,21 @@ def test_unsupported_model_types_are_refused():
     with pytest.raises(TypeError, match="unsupported model type 'gpt2'"):
         apply_power_bert(GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2)), [4])
     with pytest.raises(ValueError, match="position_embedding_type"):
-        config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                            position_embedding_type="relative_key")
+        config = BertConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            position_embedding_type="relative_key",
+        )
         apply_power_bert(BertModel(config), [4])
 
 
 def test_compiles_into_one_graph():
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                        vocab_size=100, num_labels=2)
+    config = BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=100, num_labels=2
+    )
     model = apply_power_bert(BertForSequenceClassification(config).eval(), [6, 3])
     ids = torch.randint(0, 100, (2, 10))
     mask = torch.ones(2, 10, dtype=torch.long)

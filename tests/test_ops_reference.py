@@ -46,8 +46,14 @@ def naive_attention(q, k, v, mask, scale, exclude_self):
 
 @pytest.mark.parametrize(
     "B,N,H,d,kind",
-    [(1, 1, 1, 8, "right"), (2, 7, 3, 16, "right"), (3, 13, 2, 32, "left"), (2, 33, 4, 8, "cls_only"),
-     (1, 64, 12, 32, "right"), (4, 65, 1, 64, "left")],
+    [
+        (1, 1, 1, 8, "right"),
+        (2, 7, 3, 16, "right"),
+        (3, 13, 2, 32, "left"),
+        (2, 33, 4, 8, "cls_only"),
+        (1, 64, 12, 32, "right"),
+        (4, 65, 1, 64, "left"),
+    ],
 )
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_attention_ref_matches_naive(B, N, H, d, kind, exclude_self):
@@ -122,8 +128,12 @@ def test_plain_attention_matches_reference_output():
         torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=1e-5)
         # No mask means every token is real.
         everything = torch.ones_like(mask)
-        torch.testing.assert_close(ops.attention(q, k, v, None, implementation=implementation),
-                                   ops.attention_with_significance_ref(q, k, v, everything)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            ops.attention(q, k, v, None, implementation=implementation),
+            ops.attention_with_significance_ref(q, k, v, everything)[0],
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def naive_select(hidden, sig, mask, keep):
@@ -142,8 +152,15 @@ def naive_select(hidden, sig, mask, keep):
 
 @pytest.mark.parametrize(
     "B,N,D,keep,kind",
-    [(1, 1, 4, 1, "right"), (2, 2, 3, 1, "left"), (3, 7, 5, 4, "right"), (4, 63, 8, 20, "left"),
-     (2, 65, 7, 65, "right"), (3, 127, 16, 3, "cls_only"), (2, 257, 9, 100, "left")],
+    [
+        (1, 1, 4, 1, "right"),
+        (2, 2, 3, 1, "left"),
+        (3, 7, 5, 4, "right"),
+        (4, 63, 8, 20, "left"),
+        (2, 65, 7, 65, "right"),
+        (3, 127, 16, 3, "cls_only"),
+        (2, 257, 9, 100, "left"),
+    ],
 )
 def test_select_gather_ref_matches_naive(B, N, D, keep, kind):
     g = torch.Generator().manual_seed(B * 100 + N)

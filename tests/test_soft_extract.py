@@ -29,8 +29,15 @@ SENTENCES = [
 
 def tiny_bert(layers: int = 3, seed: int = 0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -40,7 +47,7 @@ def tiny_batch(batch: int = 4, length: int = 12, seed: int = 1) -> dict[str, tor
     input_ids[:, 0] = 2
     mask = torch.ones(batch, length, dtype=torch.long)
     for b in range(1, batch):  # rows of different lengths: padding ranks last and must not matter
-        mask[b, length - 3 * b:] = 0
+        mask[b, length - 3 * b :] = 0
     return {"input_ids": input_ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1, 0])[:batch]}
 
 
@@ -114,8 +121,12 @@ def test_gradients_reach_r_and_the_model():
         assert (e.r.grad[:longest] - lam * j).abs().max() > 0
         # Ranks beyond every row's real tokens are padding (or absent): only the penalty reaches them.
         assert torch.allclose(e.r.grad[longest:], torch.full_like(e.r.grad[longest:], lam * j))
-    for name in ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight",
-                 "bert.encoder.layer.2.output.dense.weight", "classifier.weight"):
+    for name in (
+        "bert.embeddings.word_embeddings.weight",
+        "bert.encoder.layer.0.attention.self.query.weight",
+        "bert.encoder.layer.2.output.dense.weight",
+        "classifier.weight",
+    ):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
 

@@ -67,8 +67,15 @@ def synthetic_task(root) -> dict[str, str]:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *MARKERS, *FILLERS]
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=64, num_labels=2)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
     model_dir = root / "tiny-bert"
     BertForSequenceClassification(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -116,12 +123,14 @@ def test_multiclass_metrics_match_their_definitions():
 
 def test_reads_csv_tsv_json_and_jsonl(tmp_path):
     (tmp_path / "a.csv").write_text('text,label\n"hello, world",pos\nplain,neg\n')
-    (tmp_path / "a.tsv").write_text('sentence\tlabel\nit\'s "quoted\t1\n')
+    (tmp_path / "a.tsv").write_text("sentence\tlabel\nit's \"quoted\t1\n")
     (tmp_path / "a.json").write_text(json.dumps([{"text": "x", "label": 1}, {"text": "y", "label": 0}]))
     (tmp_path / "a.jsonl").write_text('{"text": "x", "label": "a"}\n\n{"text": "y", "label": "b"}\n')
-    assert read_table(str(tmp_path / "a.csv")) == [{"text": "hello, world", "label": "pos"},
-                                                   {"text": "plain", "label": "neg"}]
-    assert read_table(str(tmp_path / "a.tsv")) == [{"sentence": 'it\'s "quoted', "label": "1"}]
+    assert read_table(str(tmp_path / "a.csv")) == [
+        {"text": "hello, world", "label": "pos"},
+        {"text": "plain", "label": "neg"},
+    ]
+    assert read_table(str(tmp_path / "a.tsv")) == [{"sentence": "it's \"quoted", "label": "1"}]
     assert read_table(str(tmp_path / "a.json"))[1] == {"text": "y", "label": 0}
     assert [r["label"] for r in read_table(str(tmp_path / "a.jsonl"))] == ["a", "b"]
 
@@ -168,7 +177,7 @@ def test_bad_files_are_refused_with_the_argument_named(tmp_path, content, messag
 
 
 def test_bad_json_and_extensions(tmp_path):
-    (tmp_path / "rows.json").write_text('[1, 2]')
+    (tmp_path / "rows.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="expected a JSON object per row"):
         read_table(str(tmp_path / "rows.json"), "--train-file")
     (tmp_path / "rows.txt").write_text("x")
@@ -200,8 +209,18 @@ def task(tmp_path):
 )
 def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, capsys):
     out = tmp_path / "out"
-    args = ["train", "--model", task["model"], "--train-file", task["train"], "--eval-file", task["dev"],
-            "--output-dir", str(out), *extra]
+    args = [
+        "train",
+        "--model",
+        task["model"],
+        "--train-file",
+        task["train"],
+        "--eval-file",
+        task["dev"],
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
     with pytest.raises(SystemExit, match=message):
         main(args)
     assert not out.exists()  # nothing was trained or written
@@ -210,13 +229,35 @@ def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, c
 def test_cli_refuses_unknown_labels_and_empty_files(task, tmp_path):
     dev = write_tsv(tmp_path / "dev_bad.tsv", [("w1 pos", "yes"), ("w2 neg", "perhaps")])
     with pytest.raises(SystemExit, match="labels not seen in the training data: \\['perhaps'\\]"):
-        main(["train", "--model", task["model"], "--train-file", task["train"], "--eval-file", dev,
-              "--output-dir", str(tmp_path / "out")])
+        main(
+            [
+                "train",
+                "--model",
+                task["model"],
+                "--train-file",
+                task["train"],
+                "--eval-file",
+                dev,
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(SystemExit, match="--train-file: .*empty"):
-        main(["train", "--model", task["model"], "--train-file", str(empty), "--eval-file", task["dev"],
-              "--output-dir", str(tmp_path / "out")])
+        main(
+            [
+                "train",
+                "--model",
+                task["model"],
+                "--train-file",
+                str(empty),
+                "--eval-file",
+                task["dev"],
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
 
 
 def test_config_validation_names_the_argument(task, tmp_path):
@@ -234,8 +275,11 @@ def test_config_validation_names_the_argument(task, tmp_path):
 
 
 def test_select_run_prefers_fastest_within_the_allowed_drop():
-    runs = [{"metrics": {"accuracy": 90.0}, "flop_ratio": 2.0}, {"metrics": {"accuracy": 89.5}, "flop_ratio": 3.0},
-            {"metrics": {"accuracy": 85.0}, "flop_ratio": 6.0}]
+    runs = [
+        {"metrics": {"accuracy": 90.0}, "flop_ratio": 2.0},
+        {"metrics": {"accuracy": 89.5}, "flop_ratio": 3.0},
+        {"metrics": {"accuracy": 85.0}, "flop_ratio": 6.0},
+    ]
     assert select_run(runs, 90.2, "accuracy", 1.0) is runs[1]
     assert select_run(runs, 95.0, "accuracy", 1.0) is runs[0]  # none close: the best metric
 
@@ -253,11 +297,26 @@ def test_search_trainer_gives_r_its_own_group_and_clips(task, tmp_path, one_thre
     dataset = tokenize(data.train[:64], tokenizer, data, 32)
     model = AutoModelForSequenceClassification.from_pretrained(task["model"])
     apply_power_bert(model, extracts=[SoftExtract(32) for _ in range(4)])
-    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=16, num_train_epochs=1,
-                             learning_rate=1e-4, weight_decay=0.1, save_strategy="no", report_to="none",
-                             logging_steps=2, disable_tqdm=True, dataloader_pin_memory=False)
-    trainer = SoftExtractTrainer(model=model, args=args, train_dataset=dataset,
-                                 data_collator=DataCollatorWithPadding(tokenizer), retention_lambda=10.0, soft_lr=0.5)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "t"),
+        per_device_train_batch_size=16,
+        num_train_epochs=1,
+        learning_rate=1e-4,
+        weight_decay=0.1,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=2,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    trainer = SoftExtractTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        retention_lambda=10.0,
+        soft_lr=0.5,
+    )
     optimizer = trainer.create_optimizer()
     r_ids = {id(e.r) for e in soft_extracts(model)}
     r_groups = [g for g in optimizer.param_groups if any(id(p) in r_ids for p in g["params"])]
@@ -297,15 +356,60 @@ def kept_markers(model_dir: str, dev: str) -> list[tuple[int, float]]:
 
 def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread):
     out = tmp_path / "run"
-    common = ["--train-file", task["train"], "--eval-file", task["dev"], "--max-length", "32", "--lr", "1e-3",
-              "--soft-lr", "5e-2", "--batch-size", "32", "--seed", "0", "--no-progress", "--bench-repeats", "2",
-              "--eval-strategy", "no", "--logging-steps", "10"]
-    assert main(["train", "--model", task["model"], "--output-dir", str(out), "--lambda", "1e-3",
-                 "--epochs", "3", "--keep-checkpoints", *common]) == 0
+    common = [
+        "--train-file",
+        task["train"],
+        "--eval-file",
+        task["dev"],
+        "--max-length",
+        "32",
+        "--lr",
+        "1e-3",
+        "--soft-lr",
+        "5e-2",
+        "--batch-size",
+        "32",
+        "--seed",
+        "0",
+        "--no-progress",
+        "--bench-repeats",
+        "2",
+        "--eval-strategy",
+        "no",
+        "--logging-steps",
+        "10",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                task["model"],
+                "--output-dir",
+                str(out),
+                "--lambda",
+                "1e-3",
+                "--epochs",
+                "3",
+                "--keep-checkpoints",
+                *common,
+            ]
+        )
+        == 0
+    )
 
     report = json.loads((out / "report.json").read_text())
-    for key in ("metric_name", "baseline_metric", "power_metric", "retention", "flop_ratio", "speedup",
-                "phase_seconds", "flop_ratio_eval_set", "kept_per_layer"):
+    for key in (
+        "metric_name",
+        "baseline_metric",
+        "power_metric",
+        "retention",
+        "flop_ratio",
+        "speedup",
+        "phase_seconds",
+        "flop_ratio_eval_set",
+        "kept_per_layer",
+    ):
         assert key in report, key
     assert set(report["phase_seconds"]) == {"finetune", "search", "retrain"}
     assert report["metric_name"] == "accuracy"
@@ -330,8 +434,24 @@ def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread):
 
     # `powerbert eval` scores the saved model the same way.
     result_file = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(out), "--eval-file", task["dev"], "--max-length", "32",
-                 "--bench-repeats", "2", "--output", str(result_file)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out),
+                "--eval-file",
+                task["dev"],
+                "--max-length",
+                "32",
+                "--bench-repeats",
+                "2",
+                "--output",
+                str(result_file),
+            ]
+        )
+        == 0
+    )
     result = json.loads(result_file.read_text())
     assert result["power_metric"] == pytest.approx(report["power_metric"])
     assert result["flop_ratio"] > 1 and result["speedup"] > 0
@@ -342,16 +462,53 @@ def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread):
     assert [p.name for p in search.glob("checkpoint-*")]
     (search / "phase.json").unlink()
     shutil.rmtree(out / "lambda_0.001" / "retrain")
-    assert main(["train", "--model", task["model"], "--output-dir", str(out), "--lambda", "1e-3",
-                 "--epochs", "3", "--retrain-epochs", "1", "--resume", *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                task["model"],
+                "--output-dir",
+                str(out),
+                "--lambda",
+                "1e-3",
+                "--epochs",
+                "3",
+                "--retrain-epochs",
+                "1",
+                "--resume",
+                *common,
+            ]
+        )
+        == 0
+    )
     again = json.loads((out / "report.json").read_text())
     assert again["retention"] == retention and again["baseline_metric"] == report["baseline_metric"]
     assert again["phase_seconds"]["finetune"] == report["phase_seconds"]["finetune"]
 
     # Skip phase 1 from the fine-tuned model, with a two-value lambda sweep: a trade-off plot.
     sweep = tmp_path / "sweep"
-    assert main(["train", "--model", str(out / "finetune"), "--from-finetuned", "--output-dir", str(sweep),
-                 "--lambda", "1e-4", "1e-2", "--epochs", "1", "--search-epochs", "2", *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(out / "finetune"),
+                "--from-finetuned",
+                "--output-dir",
+                str(sweep),
+                "--lambda",
+                "1e-4",
+                "1e-2",
+                "--epochs",
+                "1",
+                "--search-epochs",
+                "2",
+                *common,
+            ]
+        )
+        == 0
+    )
     report = json.loads((sweep / "report.json").read_text())
     assert [r["lambda"] for r in report["runs"]] == [1e-4, 1e-2]
     assert report["baseline_metric"] >= 95.0 and report["phase_seconds"]["finetune"] == 0.0

@@ -35,7 +35,7 @@ def make_mask(batch: int, length: int, padding: str, seed: int = 0) -> torch.Ten
         real = int(torch.randint(1, length + 1, (1,), generator=g))
         real = length if kind == "none" else 1 if kind == "cls_only" else real
         if kind == "left":
-            mask[row, length - real:] = True
+            mask[row, length - real :] = True
         else:
             mask[row, :real] = True
     if padding == "empty":
@@ -77,8 +77,9 @@ def check_against_reference(q, k, v, mask, exclude_self, config=None):
     out = torch.full((B, N, H * d), float("nan"), dtype=q.dtype, device=DEVICE)
     sig = torch.full((B, N), float("nan"), dtype=torch.float32, device=DEVICE)
     dq, dk, dv, dmask = (t.to(DEVICE) for t in (q, k, v, mask))
-    got_out, got_sig = attention_with_significance_triton(dq, dk, dv, dmask, scale, exclude_self, out=out,
-                                                         significance=sig, config=config)
+    got_out, got_sig = attention_with_significance_triton(
+        dq, dk, dv, dmask, scale, exclude_self, out=out, significance=sig, config=config
+    )
     assert got_out is out and got_sig is sig
     ref_out, ref_sig = attention_with_significance_ref(q, k, v, mask, scale, exclude_self)
     pt_out, pt_sig = same_dtype_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), dmask, scale, exclude_self)
@@ -105,8 +106,9 @@ def two_pass(B, N, H, d, dtype):
     if N > 256:
         return default_config(B, N, H, d, dtype, DEVICE, variant="two_pass")
     # Small tiles so that short test lengths still cross several key and query blocks.
-    return AttentionConfig("two_pass", block_m=32, block_n=16, num_warps=4, num_stages=2, sig_block_m=16,
-                           sig_block_n=32)
+    return AttentionConfig(
+        "two_pass", block_m=32, block_n=16, num_warps=4, num_stages=2, sig_block_m=16, sig_block_n=32
+    )
 
 
 # Every listed length, head count, head dim, dtype and padding kind appears; both kernels run on short N.
@@ -157,8 +159,9 @@ def test_both_variants_agree_and_all_padding_rows_attend_uniformly():
     q, k, v = make_qkv(B, N, H, d, torch.float32, "fused", seed=5)
     mask = make_mask(B, N, "empty", seed=3)
     args = [t.to(DEVICE) for t in (q, k, v, mask)]
-    single = attention_with_significance_triton(*args, d**-0.5, False,
-                                                config=config_for("single_pass", B, N, H, d, torch.float32))
+    single = attention_with_significance_triton(
+        *args, d**-0.5, False, config=config_for("single_pass", B, N, H, d, torch.float32)
+    )
     double = attention_with_significance_triton(*args, d**-0.5, False, config=two_pass(B, N, H, d, torch.float32))
     torch.testing.assert_close(single[0], double[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(single[1], double[1], rtol=1e-5, atol=1e-5)
@@ -203,10 +206,16 @@ def test_forced_bfloat16_in_interpreter_says_why():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize(
     "B, N, H, d, variant",
-    [(4, 128, 12, 64, "default"), (4, 128, 12, 64, "two_pass"), (4, 256, 12, 64, "single_pass"),
-     (3, 512, 12, 64, "default"),
-     (2, 1024, 16, 128, "default"), (1, 4096, 4, 64, "default"), (8, 200, 6, 96, "default"),
-     (2, 256, 12, 32, "default")],
+    [
+        (4, 128, 12, 64, "default"),
+        (4, 128, 12, 64, "two_pass"),
+        (4, 256, 12, 64, "single_pass"),
+        (3, 512, 12, 64, "default"),
+        (2, 1024, 16, 128, "default"),
+        (1, 4096, 4, 64, "default"),
+        (8, 200, 6, 96, "default"),
+        (2, 256, 12, 32, "default"),
+    ],
 )
 def test_gpu_shapes(B, N, H, d, variant, dtype):
     q, k, v = make_qkv(B, N, H, d, dtype, "fused", seed=N)

@@ -48,8 +48,14 @@ def test_ops_compile_with_fullgraph(monkeypatch):
 @pytest.fixture
 def small_patched_bert():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=48, max_position_embeddings=32)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=32,
+    )
     model = BertModel(config).eval().to(DEVICE)
     apply_power_bert(model, retention=[6, 3])
     input_ids = torch.randint(0, 64, (2, 10), device=DEVICE)
@@ -64,8 +70,9 @@ def test_compiled_patched_model_has_no_graph_break(monkeypatch, small_patched_be
     with torch.no_grad():
         explanation = torch._dynamo.explain(model)(input_ids=input_ids, attention_mask=attention_mask)
     assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons]
-    calls = [(str(n.target), n.args[-1]) for g in explanation.graphs for n in g.graph.nodes
-             if "powerbert" in str(n.target)]
+    calls = [
+        (str(n.target), n.args[-1]) for g in explanation.graphs for n in g.graph.nodes if "powerbert" in str(n.target)
+    ]
     # Both ops are in the graph, with the backend the dispatcher chose baked in as a constant.
     assert ("powerbert.attention_with_significance", "triton") in calls
     assert ("powerbert.select_gather", "triton") in calls

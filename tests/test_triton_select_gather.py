@@ -66,7 +66,8 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    "B, N, D, keep, dtype, padding, kind", CASES,
+    "B, N, D, keep, dtype, padding, kind",
+    CASES,
     ids=[f"B{c[0]}-N{c[1]}-D{c[2]}-keep{c[3]}-{str(c[4])[6:]}-{c[5]}-{c[6]}" for c in CASES],
 )
 def test_matches_reference(B, N, D, keep, dtype, padding, kind):
@@ -78,8 +79,7 @@ def test_matches_reference(B, N, D, keep, dtype, padding, kind):
 
 def test_ties_go_to_the_lower_position():
     mask = torch.tensor([[True] * 8, [False, False] + [True] * 6])
-    sig = torch.tensor([[9.0, 1.0, 2.0, 2.0, 1.0, 2.0, 0.5, 2.0],
-                        [0.0, 0.0, 0.1, 3.0, 3.0, 1.0, 3.0, 3.0]])
+    sig = torch.tensor([[9.0, 1.0, 2.0, 2.0, 1.0, 2.0, 0.5, 2.0], [0.0, 0.0, 0.1, 3.0, 3.0, 1.0, 3.0, 3.0]])
     hidden = torch.randn(2, 8, 4)
     _, _, indices = select_gather_triton(hidden, sig, mask, 4)
     # Row 0: CLS, then the 2.0s at 2, 3, 5 (not 7). Row 1 is left-padded: CLS is position 2 (its first
@@ -90,8 +90,12 @@ def test_ties_go_to_the_lower_position():
 
 def test_signed_zeros_and_nans_order_like_torch_sort():
     mask = torch.ones(2, 9, dtype=torch.bool)
-    sig = torch.tensor([[0.0, -0.0, 0.0, float("nan"), -1.0, -0.0, float("inf"), float("-inf"), 1.0],
-                        [5.0, float("nan"), -0.0, float("nan"), 0.0, -0.0, -2.0, 0.0, -float("nan")]])
+    sig = torch.tensor(
+        [
+            [0.0, -0.0, 0.0, float("nan"), -1.0, -0.0, float("inf"), float("-inf"), 1.0],
+            [5.0, float("nan"), -0.0, float("nan"), 0.0, -0.0, -2.0, 0.0, -float("nan")],
+        ]
+    )
     hidden = torch.randn(2, 9, 3)
     for keep in (2, 4, 6):
         check_against_reference(hidden, sig, mask, keep)

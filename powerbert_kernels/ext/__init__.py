@@ -145,8 +145,9 @@ def backend_report() -> str:
             detail = ""
             if name == "ext":
                 info = build_info()
-                detail = " (C++ CPU kernels" + (f"; CUDA kernels for {info['cuda_archs']})" if info["cuda"] else
-                                                "; no CUDA kernels)")
+                detail = " (C++ CPU kernels" + (
+                    f"; CUDA kernels for {info['cuda_archs']})" if info["cuda"] else "; no CUDA kernels)"
+                )
             lines.append(f"{name}: available{detail}")
         else:
             reason = _dispatch._MISSING_REASON.get(name, "not registered")

@@ -74,14 +74,18 @@ def _cuda_device_reasons(index: int) -> tuple[str, ...]:
     from .. import _C
 
     if not getattr(_C, "WITH_CUDA", 0):
-        return ("the extension was built without CUDA kernels (rebuild it with a CUDA toolkit and a CUDA "
-                "PyTorch, see docs/ext.md)",)
+        return (
+            "the extension was built without CUDA kernels (rebuild it with a CUDA toolkit and a CUDA "
+            "PyTorch, see docs/ext.md)",
+        )
     error = _C.cuda_kernel_error(index)
     if error is None:
         return ()
     major, minor = torch.cuda.get_device_capability(index)
-    return (f"its CUDA kernels (built for {_C.CUDA_ARCHS}) cannot run on {torch.cuda.get_device_name(index)} "
-            f"(sm_{major}{minor}): {error}; rebuild with TORCH_CUDA_ARCH_LIST=\"{major}.{minor}\"",)
+    return (
+        f"its CUDA kernels (built for {_C.CUDA_ARCHS}) cannot run on {torch.cuda.get_device_name(index)} "
+        f'(sm_{major}{minor}): {error}; rebuild with TORCH_CUDA_ARCH_LIST="{major}.{minor}"',
+    )
 
 
 def _unsupported(facts: _dispatch.CallFacts) -> list[str]:

@@ -39,17 +39,23 @@ class CompileError(RuntimeError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--arch", default=DEFAULT_ARCHS,
+        "--arch",
+        default=DEFAULT_ARCHS,
         help=f"comma-separated compute capabilities, e.g. 37,60,75 or 3.7,6.0 (default: {DEFAULT_ARCHS})",
     )
     parser.add_argument("--nvcc", default=None, help="nvcc to use (default: $CUDA_HOME/bin/nvcc, else nvcc on PATH)")
     parser.add_argument(
-        "--source", default=None,
+        "--source",
+        default=None,
         help=f"folder holding {SOURCE_NAME} and powerbert/ (default: the copy installed with the package, "
         "else the source checkout's csrc/)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="say which toolchain compiled each architecture and list its kernels' registers")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say which toolchain compiled each architecture and list its kernels' registers",
+    )
 
 
 def parse_archs(text: str) -> list[int]:
@@ -112,9 +118,17 @@ def nvcc_archs(nvcc: str) -> tuple[str, set[int]]:
 
 def compile_nvcc(nvcc: str, release: str, source_dir: Path, arch: int, workdir: Path) -> Result:
     command = [
-        nvcc, "-std=c++17", "-O3", "-c", f"-gencode=arch=compute_{arch},code=sm_{arch}",
-        "-Xptxas=-v", "-Wno-deprecated-gpu-targets", f"-I{source_dir}",
-        "-o", str(workdir / f"check_sm_{arch}.o"), str(source_dir / SOURCE_NAME),
+        nvcc,
+        "-std=c++17",
+        "-O3",
+        "-c",
+        f"-gencode=arch=compute_{arch},code=sm_{arch}",
+        "-Xptxas=-v",
+        "-Wno-deprecated-gpu-targets",
+        f"-I{source_dir}",
+        "-o",
+        str(workdir / f"check_sm_{arch}.o"),
+        str(source_dir / SOURCE_NAME),
     ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     output = (proc.stdout + proc.stderr).strip()
@@ -189,8 +203,10 @@ class Nvrtc:
 
     def _ptx(self, source: bytes, name: str, options: list[str]) -> str:
         program = ctypes.c_void_p()
-        self._check(self.lib.nvrtcCreateProgram(ctypes.byref(program), source, name.encode(), 0, None, None),
-                    "nvrtcCreateProgram")
+        self._check(
+            self.lib.nvrtcCreateProgram(ctypes.byref(program), source, name.encode(), 0, None, None),
+            "nvrtcCreateProgram",
+        )
         try:
             encoded = [o.encode() for o in options]
             status = self.lib.nvrtcCompileProgram(program, len(encoded), (ctypes.c_char_p * len(encoded))(*encoded))
@@ -224,11 +240,11 @@ def find_ptxas11() -> tuple[str, str]:
     return str(ptxas), release
 
 
-def compile_nvrtc(nvrtc: Nvrtc, ptxas: str, ptxas_release: str, source_dir: Path, arch: int,
-                  workdir: Path) -> Result:
+def compile_nvrtc(nvrtc: Nvrtc, ptxas: str, ptxas_release: str, source_dir: Path, arch: int, workdir: Path) -> Result:
     source = (source_dir / SOURCE_NAME).read_bytes()
-    ptx = nvrtc.ptx(source, SOURCE_NAME, [f"--gpu-architecture=compute_{arch}", "--std=c++17",
-                                          f"--include-path={source_dir}"])
+    ptx = nvrtc.ptx(
+        source, SOURCE_NAME, [f"--gpu-architecture=compute_{arch}", "--std=c++17", f"--include-path={source_dir}"]
+    )
     ptx_path = workdir / f"check_sm_{arch}.ptx"
     ptx_path.write_text(ptx)
     command = [ptxas, f"-arch=sm_{arch}", "-O3", "-v", "-o", str(workdir / f"check_sm_{arch}.cubin"), str(ptx_path)]
@@ -267,15 +283,16 @@ class Toolchains:
     def compile(self, arch: int) -> Result:
         if self.nvcc and arch in self.nvcc_supported:
             return compile_nvcc(self.nvcc, self.nvcc_release, self.source_dir, arch, self.workdir)
-        where = (f"the machine's nvcc ({self.nvcc_release}) does not support sm_{arch}" if self.nvcc
-                 else "no nvcc found")
+        where = f"the machine's nvcc ({self.nvcc_release}) does not support sm_{arch}" if self.nvcc else "no nvcc found"
         try:
             nvrtc, ptxas, release = self._load_nvrtc()
         except CompileError as exc:
             raise CompileError(f"no compiler for sm_{arch}: {where}, and {exc}") from None
         if nvrtc.archs and arch not in nvrtc.archs:
-            raise CompileError(f"no compiler for sm_{arch}: {where}, and NVRTC {nvrtc.version} supports only "
-                               + ", ".join(f"sm_{a}" for a in sorted(nvrtc.archs)))
+            raise CompileError(
+                f"no compiler for sm_{arch}: {where}, and NVRTC {nvrtc.version} supports only "
+                + ", ".join(f"sm_{a}" for a in sorted(nvrtc.archs))
+            )
         return compile_nvrtc(nvrtc, ptxas, release, self.source_dir, arch, self.workdir)
 
 

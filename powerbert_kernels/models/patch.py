@@ -229,8 +229,14 @@ def _power_bert_forward(
     all_hidden = [hidden] if output_hidden_states else None
     for layer, extract in zip(adapter.layers(self), self.power_extract, strict=True):
         hidden_attn, significance = _attention_block(
-            adapter, layer, hidden, mask, extract.needs_significance(hidden.shape[1], N), state.exclude_self,
-            plain, all_real,
+            adapter,
+            layer,
+            hidden,
+            mask,
+            extract.needs_significance(hidden.shape[1], N),
+            state.exclude_self,
+            plain,
+            all_real,
         )
         hidden_attn, mask, kept = extract(hidden_attn, significance, mask, N)
         if kept is not None:

@@ -25,8 +25,10 @@ def check_mask(name: str, mask: object, batch: int, length: int, device: torch.d
     if tuple(mask.shape) != (batch, length):
         raise ValueError(f"{name} must have shape (B, N) = ({batch}, {length}), got {tuple(mask.shape)}")
     if mask.dtype != torch.bool:
-        raise TypeError(f"{name} must be a bool tensor (True = real token), got {mask.dtype}; "
-                        "convert an HF attention mask with mask.bool()")
+        raise TypeError(
+            f"{name} must be a bool tensor (True = real token), got {mask.dtype}; "
+            "convert an HF attention mask with mask.bool()"
+        )
     check_same_device(name, mask, device)
     return mask
 

@@ -123,8 +123,7 @@ def resolve(op: str, facts: CallFacts, backend: str | None = None) -> str:
         reasons = _reasons(op, forced, facts)
         if reasons:
             raise BackendUnavailableError(
-                f"backend {forced!r} cannot run {op} on {facts.device} with {facts.dtype}: "
-                + "; ".join(reasons)
+                f"backend {forced!r} cannot run {op} on {facts.device} with {facts.dtype}: " + "; ".join(reasons)
             )
         return forced
     skipped = []
@@ -140,8 +139,7 @@ def implementation(op: str, backend: str) -> Callable[..., object]:
     """The function registered for ``op`` under ``backend`` (raises if there is none)."""
     impl = _REGISTRY.get(op, {}).get(backend)
     if impl is None:
-        raise BackendUnavailableError(f"backend {backend!r} has no implementation of {op}: "
-                                      + _MISSING_REASON[backend])
+        raise BackendUnavailableError(f"backend {backend!r} has no implementation of {op}: " + _MISSING_REASON[backend])
     return impl.fn
 
 

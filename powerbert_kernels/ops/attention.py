@@ -178,7 +178,10 @@ def _backward(ctx, grad_out, grad_significance):
     q, k, v, key_padding_mask = ctx.saved_tensors
     dq, dk, dv = _recompute_qkv_grads(
         lambda q, k, v: attention_with_significance_ref(q, k, v, key_padding_mask, ctx.scale)[0],
-        q, k, v, grad_out,
+        q,
+        k,
+        v,
+        grad_out,
     )
     return dq, dk, dv, None, None, None, None
 
@@ -254,9 +257,7 @@ def attention_with_significance(
     scale = _check_scale(scale, d)
     facts = _dispatch.CallFacts(q.device, q.dtype, {"head_dim": d, "seq_len": N, "heads": H})
     name = _dispatch.resolve(OP, facts, backend)
-    return torch.ops.powerbert.attention_with_significance(
-        q, k, v, key_padding_mask, scale, bool(exclude_self), name
-    )
+    return torch.ops.powerbert.attention_with_significance(q, k, v, key_padding_mask, scale, bool(exclude_self), name)
 
 
 def _plain_attention(q, k, v, key_padding_mask, scale, implementation):
@@ -273,8 +274,11 @@ def _plain_attention(q, k, v, key_padding_mask, scale, implementation):
         probs = torch.softmax(scores, dim=-1)
         return torch.matmul(probs, vt).transpose(1, 2).reshape(B, N, H * d)
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        attn_mask=None if key_padding_mask is None else key_padding_mask[:, None, None, :], scale=scale,
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=None if key_padding_mask is None else key_padding_mask[:, None, None, :],
+        scale=scale,
     )
     return out.transpose(1, 2).reshape(B, N, H * d)
 
@@ -308,7 +312,10 @@ def _attention_backward(ctx, grad_out):
     q, k, v, key_padding_mask = ctx.saved_tensors
     dq, dk, dv = _recompute_qkv_grads(
         lambda q, k, v: _plain_attention(q, k, v, key_padding_mask, ctx.scale, ctx.implementation),
-        q, k, v, grad_out,
+        q,
+        k,
+        v,
+        grad_out,
     )
     return dq, dk, dv, None, None, None
 

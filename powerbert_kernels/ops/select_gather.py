@@ -163,9 +163,7 @@ def select_gather(
         raise ValueError(f"keep must be between 1 and N={N}, got {keep}")
     facts = _dispatch.CallFacts(hidden.device, hidden.dtype, {"hidden_size": D, "seq_len": N})
     name = _dispatch.resolve(OP, facts, backend)
-    return torch.ops.powerbert.select_gather(
-        hidden, significance.float().contiguous(), mask.contiguous(), keep, name
-    )
+    return torch.ops.powerbert.select_gather(hidden, significance.float().contiguous(), mask.contiguous(), keep, name)
 
 
 _dispatch.register(OP, "torch", _torch_impl)

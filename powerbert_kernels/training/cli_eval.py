@@ -10,13 +10,23 @@ HELP = "evaluate a saved PoWER-BERT model: metric, FLOP ratio and measured speed
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .cli_train import add_data_arguments
 
-    parser.add_argument("--model", required=True, help="a model folder saved by `powerbert train` (or any "
-                        "classifier whose config holds a retention configuration)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a model folder saved by `powerbert train` (or any "
+        "classifier whose config holds a retention configuration)",
+    )
     add_data_arguments(parser, train=False)
-    parser.add_argument("--retention", help="comma-separated counts or fractions to use instead of the "
-                        "configuration stored in the model")
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="eval batch; also the batch of the FLOP ratio and the timing (default: 64)")
+    parser.add_argument(
+        "--retention",
+        help="comma-separated counts or fractions to use instead of the configuration stored in the model",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="eval batch; also the batch of the FLOP ratio and the timing (default: 64)",
+    )
     parser.add_argument("--bench-repeats", type=int, default=10, help="interleaved timing repeats (default: 10)")
     parser.add_argument("--no-speed", action="store_true", help="skip the timing")
     parser.add_argument("--output", help="also write the result as JSON to this file")
@@ -42,21 +52,29 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise ValueError("--batch-size and --bench-repeats must be at least 1")
     config = AutoConfig.from_pretrained(args.model)
     if args.max_length > config.max_position_embeddings:
-        raise ValueError(f"--max-length {args.max_length} exceeds the model's maximum positions "
-                         f"({config.max_position_embeddings})")
+        raise ValueError(
+            f"--max-length {args.max_length} exceeds the model's maximum positions ({config.max_position_embeddings})"
+        )
     if args.retention is not None:
         retention = parse_retention(args.retention)
     else:
         retention = getattr(config, CONFIG_KEY, None)
         if retention is None:
-            raise ValueError(f"--model: {args.model} stores no PoWER-BERT configuration ({CONFIG_KEY}); "
-                             "pass --retention")
+            raise ValueError(
+                f"--model: {args.model} stores no PoWER-BERT configuration ({CONFIG_KEY}); pass --retention"
+            )
     retention = validate_retention(list(retention), config.num_hidden_layers, config.max_position_embeddings)
     if args.glue_task is not None:
         data = load_glue(args.glue_task, with_train=False)
     else:
-        data = load_local(args.eval_file, None, text_column=args.text_column, text_pair_column=args.text_pair_column,
-                          label_column=args.label_column, known_label2id=config.label2id)
+        data = load_local(
+            args.eval_file,
+            None,
+            text_column=args.text_column,
+            text_pair_column=args.text_pair_column,
+            label_column=args.label_column,
+            known_label2id=config.label2id,
+        )
     if data.num_labels > config.num_labels:
         raise ValueError(f"--eval-file: the data has {data.num_labels} labels but the model only {config.num_labels}")
     metric = args.metric or (GLUE_TASKS[args.glue_task]["metric"] if args.glue_task else "accuracy")
@@ -107,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
     name = result["metric_name"]
     speed = ""
     if result.get("speedup") is not None:
-        speed = (f"speed-up {result['speedup']:.2f}x measured (batch {result['batch']}, length {result['seq_len']}, "
-                 f"{result['repeats']} interleaved repeats)   ")
+        speed = (
+            f"speed-up {result['speedup']:.2f}x measured (batch {result['batch']}, length {result['seq_len']}, "
+            f"{result['repeats']} interleaved repeats)   "
+        )
     print(
         f"{result['model']}: {result['num_eval']} rows, max length {result['max_length']}\n"
         f"kept per layer: {result['kept_per_layer']}\n"

@@ -185,8 +185,9 @@ def build_label_mapping(labels: Sequence[object], known: Mapping[str, int] | Non
     return {i: str(v) for i, v in enumerate(values)}
 
 
-def _encode_rows(rows: list[dict], text: str, pair: str | None, label: str, label2id: Mapping[str, int],
-                 arg: str, path: str) -> list[dict]:
+def _encode_rows(
+    rows: list[dict], text: str, pair: str | None, label: str, label2id: Mapping[str, int], arg: str, path: str
+) -> list[dict]:
     out, unknown = [], set()
     for row in rows:
         name = str(_normalise_label(row[label]))
@@ -251,12 +252,19 @@ def load_local(
     label2id = {name: i for i, name in id2label.items()}
     train = None
     if train_rows is not None:
-        train = _encode_rows(train_rows, text_column, text_pair_column, label_column, label2id, "--train-file",
-                             train_file)
-    evaluation = _encode_rows(eval_rows, text_column, text_pair_column, label_column, label2id, "--eval-file",
-                              eval_file)
-    source = {"train_file": train_file, "eval_file": eval_file, "text_column": text_column,
-              "text_pair_column": text_pair_column, "label_column": label_column}
+        train = _encode_rows(
+            train_rows, text_column, text_pair_column, label_column, label2id, "--train-file", train_file
+        )
+    evaluation = _encode_rows(
+        eval_rows, text_column, text_pair_column, label_column, label2id, "--eval-file", eval_file
+    )
+    source = {
+        "train_file": train_file,
+        "eval_file": eval_file,
+        "text_column": text_column,
+        "text_pair_column": text_pair_column,
+        "label_column": label_column,
+    }
     return TextClassificationData(train, evaluation, text_column, text_pair_column, id2label, source)
 
 

@@ -26,7 +26,7 @@ def eval_set_flop_ratio(model: nn.Module, lengths: Sequence[int], batch_size: in
     longest row (the collator's dynamic padding)."""
     stock = power = 0
     for i in range(0, len(lengths), batch_size):
-        chunk = lengths[i:i + batch_size]
+        chunk = lengths[i : i + batch_size]
         stock += model_flops(model, len(chunk), max(chunk))
         power += model_flops(model, len(chunk), max(chunk), retention)
     return stock / power

@@ -125,9 +125,13 @@ def validate_config(cfg: TrainConfig) -> None:
     for name, value in (("--search-epochs", cfg.search_epochs), ("--retrain-epochs", cfg.retrain_epochs)):
         if value is not None:
             positive(name, value)
-    for name, value in (("--batch-size", cfg.batch_size), ("--eval-batch-size", cfg.eval_batch_size),
-                        ("--grad-accum", cfg.grad_accum), ("--logging-steps", cfg.logging_steps),
-                        ("--bench-repeats", cfg.bench_repeats)):
+    for name, value in (
+        ("--batch-size", cfg.batch_size),
+        ("--eval-batch-size", cfg.eval_batch_size),
+        ("--grad-accum", cfg.grad_accum),
+        ("--logging-steps", cfg.logging_steps),
+        ("--bench-repeats", cfg.bench_repeats),
+    ):
         positive(name, value, int)
     if not 0 <= cfg.warmup < 1:
         raise ValueError(f"--warmup must be a fraction of the steps in [0, 1), got {cfg.warmup}")
@@ -220,25 +224,27 @@ class Pipeline:
             )
         max_positions = model_config.max_position_embeddings
         if cfg.max_length > max_positions:
-            raise ValueError(
-                f"--max-length {cfg.max_length} exceeds the model's maximum positions ({max_positions})"
-            )
+            raise ValueError(f"--max-length {cfg.max_length} exceeds the model's maximum positions ({max_positions})")
         self.model_config = model_config
         known = model_config.label2id if (cfg.from_finetuned or cfg.from_searched) else None
         if cfg.glue_task is not None:
             data = load_glue(cfg.glue_task)
         else:
-            data = load_local(cfg.eval_file, cfg.train_file, text_column=cfg.text_column,
-                              text_pair_column=cfg.text_pair_column, label_column=cfg.label_column,
-                              known_label2id=known)
+            data = load_local(
+                cfg.eval_file,
+                cfg.train_file,
+                text_column=cfg.text_column,
+                text_pair_column=cfg.text_pair_column,
+                label_column=cfg.label_column,
+                known_label2id=known,
+            )
         if (cfg.from_finetuned or cfg.from_searched) and model_config.num_labels != data.num_labels:
             raise ValueError(
                 f"--model: the fine-tuned model has {model_config.num_labels} labels but the data has "
                 f"{data.num_labels} ({list(data.id2label.values())})"
             )
         if (cfg.from_finetuned or cfg.from_searched) and not has_named_labels(model_config.label2id):
-            logger.warning("--model has no label names; assuming its label ids are the data's %s",
-                           dict(data.id2label))
+            logger.warning("--model has no label names; assuming its label ids are the data's %s", dict(data.id2label))
         self.data: TextClassificationData = data
         self.retention = None
         if cfg.from_searched:
@@ -374,8 +380,12 @@ class Pipeline:
         trainer.train(resume_from_checkpoint=self._resume_from(folder))
         trainer.save_model(folder)
         metrics = self._metrics(trainer.evaluate())
-        summary = {"phase": "finetune", "model_path": folder, "metrics": metrics,
-                   "seconds": time.perf_counter() - start}
+        summary = {
+            "phase": "finetune",
+            "model_path": folder,
+            "metrics": metrics,
+            "seconds": time.perf_counter() - start,
+        }
         logger.info("phase 1 done: %s", _fmt(metrics))
         return self._finish_phase(folder, summary)
 
@@ -406,8 +416,7 @@ class Pipeline:
         model = self._load(start_path)
         num_layers = model.config.num_hidden_layers
         apply_power_bert(model, extracts=[SoftExtract(cfg.max_length) for _ in range(num_layers)])
-        trainer = self._trainer(SoftExtractTrainer, model, folder, epochs, retention_lambda=lam,
-                                soft_lr=cfg.soft_lr)
+        trainer = self._trainer(SoftExtractTrainer, model, folder, epochs, retention_lambda=lam, soft_lr=cfg.soft_lr)
         trainer.train(resume_from_checkpoint=self._resume_from(folder))
         extracts = soft_extracts(model)
         masses = retention_masses(extracts)
@@ -424,11 +433,23 @@ class Pipeline:
         if _is_main():
             model.save_pretrained(folder)
             self.tokenizer.save_pretrained(folder)
-        summary = {"phase": "search", "lambda": lam, "model_path": folder, "masses": masses,
-                   "retention": retention, "soft_metrics": soft_metrics, "mass_history": history,
-                   "r": r_values, "seconds": time.perf_counter() - start}
-        logger.info("phase 2 done: masses %s -> retention %s; soft model %s",
-                    [round(m, 1) for m in masses], retention, _fmt(soft_metrics))
+        summary = {
+            "phase": "search",
+            "lambda": lam,
+            "model_path": folder,
+            "masses": masses,
+            "retention": retention,
+            "soft_metrics": soft_metrics,
+            "mass_history": history,
+            "r": r_values,
+            "seconds": time.perf_counter() - start,
+        }
+        logger.info(
+            "phase 2 done: masses %s -> retention %s; soft model %s",
+            [round(m, 1) for m in masses],
+            retention,
+            _fmt(soft_metrics),
+        )
         return self._finish_phase(folder, summary)
 
     def retrain(self, start_path: str, retention: Sequence[int], lam: float | None) -> dict:
@@ -496,7 +517,7 @@ class Pipeline:
             baseline = self.finetune()
             start_path = baseline["model_path"]
         runs = []
-        for lam in ([None] if cfg.from_searched else list(cfg.lambdas)):
+        for lam in [None] if cfg.from_searched else list(cfg.lambdas):
             if lam is None:
                 search, retrain_from, retention = None, start_path, self.retention
             else:
@@ -524,8 +545,13 @@ class Pipeline:
                 run["mass_history"] = search["mass_history"]
             if _is_main():
                 run.update(self.measure_speed(retrain["model_path"]))
-                logger.info("measured speed-up %.2fx (%.1f ms -> %.1f ms) at FLOP ratio %.2fx", run["speedup"],
-                            run["baseline_ms"], run["power_ms"], run["flop_ratio"])
+                logger.info(
+                    "measured speed-up %.2fx (%.1f ms -> %.1f ms) at FLOP ratio %.2fx",
+                    run["speedup"],
+                    run["baseline_ms"],
+                    run["power_ms"],
+                    run["flop_ratio"],
+                )
             runs.append(run)
         chosen = select_run(runs, baseline["metrics"][cfg.metric_name], cfg.metric_name, cfg.max_drop)
         report = self._report(baseline, runs, chosen, time.perf_counter() - total_start)
@@ -550,8 +576,19 @@ class Pipeline:
     def _report(self, baseline: dict, runs: list[dict], chosen: dict, seconds: float) -> dict:
         cfg = self.cfg
         name = cfg.metric_name
-        keys = ("retention", "kept_per_layer", "power_metric", "flop_ratio", "flop_ratio_eval_set", "speedup",
-                "baseline_ms", "power_ms", "phase_seconds", "lambda", "metrics")
+        keys = (
+            "retention",
+            "kept_per_layer",
+            "power_metric",
+            "flop_ratio",
+            "flop_ratio_eval_set",
+            "speedup",
+            "baseline_ms",
+            "power_ms",
+            "phase_seconds",
+            "lambda",
+            "metrics",
+        )
         config = {k: v for k, v in asdict(cfg).items() if k != "progress"}
         config["lambdas"] = list(cfg.lambdas)
         return {
@@ -568,7 +605,7 @@ class Pipeline:
             "data": self.data.source,
             "total_seconds": seconds,
             "selection": f"highest FLOP ratio within {cfg.max_drop:g} points of the baseline {name}, "
-                         "else the best metric",
+            "else the best metric",
             "runs": runs,
             "bench": {k: chosen.get(k) for k in ("batch", "seq_len", "repeats", "environment")},
             "config": config,

@@ -77,9 +77,7 @@ class SoftExtractTrainer(PowerBertTrainer):
                 raise TypeError(f"the optimizer {type(optimizer).__name__} has no param groups to give r its own")
             for group in optimizer.param_groups:
                 group["params"] = [p for p in group["params"] if id(p) not in soft]
-            optimizer.add_param_group(
-                {"params": [e.r for e in self.extracts], "lr": self.soft_lr, "weight_decay": 0.0}
-            )
+            optimizer.add_param_group({"params": [e.r for e in self.extracts], "lr": self.soft_lr, "weight_decay": 0.0})
         return optimizer
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:

@@ -20,6 +20,5 @@ def register() -> None:
     from .attention_significance import attention_with_significance_triton
     from .select_gather import select_gather_triton
 
-    _dispatch.register(ATTENTION_OP, "triton", attention_with_significance_triton, unsupported_attention,
-                       not_automatic)
+    _dispatch.register(ATTENTION_OP, "triton", attention_with_significance_triton, unsupported_attention, not_automatic)
     _dispatch.register(SELECT_GATHER_OP, "triton", select_gather_triton, unsupported_select_gather, not_automatic)

@@ -69,8 +69,10 @@ def _device_reasons(facts: CallFacts) -> list[str]:
     if device.type == "cpu":
         if interpreting():
             return []
-        return ["Triton kernels run on CUDA devices only, got a CPU tensor "
-                "(TRITON_INTERPRET=1, set before the package is imported, runs them in Triton's CPU interpreter)"]
+        return [
+            "Triton kernels run on CUDA devices only, got a CPU tensor "
+            "(TRITON_INTERPRET=1, set before the package is imported, runs them in Triton's CPU interpreter)"
+        ]
     if device.type != "cuda":
         return [f"Triton kernels run on CUDA devices only, got {device.type}"]
     if interpreting():
@@ -121,8 +123,10 @@ def unsupported_select_gather(facts: CallFacts) -> list[str]:
 def not_automatic(facts: CallFacts) -> list[str]:
     """Reasons to use the Triton backend only when forced: its CPU interpreter is exact but very slow."""
     if interpreting():
-        return ["Triton would run in its CPU interpreter (TRITON_INTERPRET=1), which is exact but far too "
-                "slow to be chosen automatically; force it with backend='triton' or POWERBERT_BACKEND=triton"]
+        return [
+            "Triton would run in its CPU interpreter (TRITON_INTERPRET=1), which is exact but far too "
+            "slow to be chosen automatically; force it with backend='triton' or POWERBERT_BACKEND=triton"
+        ]
     return []
 
 

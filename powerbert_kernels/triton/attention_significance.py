@@ -90,13 +90,31 @@ def _real_span(MASK, b, N, BLOCK: tl.constexpr):
 
 @triton.jit
 def _attention_fwd_kernel(
-    Q, K, V, MASK, OUT, LSE,
-    stride_qb, stride_qn, stride_qh,
-    stride_kb, stride_kn, stride_kh,
-    stride_vb, stride_vn, stride_vh,
-    stride_ob, stride_on,
-    N, H, HEAD_DIM, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    Q,
+    K,
+    V,
+    MASK,
+    OUT,
+    LSE,
+    stride_qb,
+    stride_qn,
+    stride_qh,
+    stride_kb,
+    stride_kn,
+    stride_kh,
+    stride_vb,
+    stride_vn,
+    stride_vh,
+    stride_ob,
+    stride_on,
+    N,
+    H,
+    HEAD_DIM,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     SCAN_BLOCK: tl.constexpr,
 ):
     """Pass 1: flash attention of one (query block, batch x head); writes out and the row lse (base 2)."""
@@ -110,8 +128,11 @@ def _attention_fwd_kernel(
     row_ok = rows < N
     d_ok = offs_d < HEAD_DIM
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
@@ -140,19 +161,36 @@ def _attention_fwd_kernel(
         m_i = m_new
 
     out = acc / l_i[:, None]
-    tl.store(OUT + b * stride_ob + rows[:, None] * stride_on + h * HEAD_DIM + offs_d[None, :],
-             out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(
+        OUT + b * stride_ob + rows[:, None] * stride_on + h * HEAD_DIM + offs_d[None, :],
+        out.to(OUT.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
     tl.store(LSE + pid_bh.to(tl.int64) * N + rows, m_i + tl.log2(l_i), mask=row_ok)
 
 
 @triton.jit
 def _significance_kernel(
-    Q, K, MASK, LSE, SIG,
-    stride_qb, stride_qn, stride_qh,
-    stride_kb, stride_kn, stride_kh,
-    N, H, HEAD_DIM, qk_scale,
+    Q,
+    K,
+    MASK,
+    LSE,
+    SIG,
+    stride_qb,
+    stride_qn,
+    stride_qh,
+    stride_kb,
+    stride_kn,
+    stride_kh,
+    N,
+    H,
+    HEAD_DIM,
+    qk_scale,
     EXCLUDE_SELF: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     SCAN_BLOCK: tl.constexpr,
 ):
     """Pass 2: significance of one (key block, batch), summed over heads and real query rows in registers."""
@@ -173,16 +211,20 @@ def _significance_kernel(
 
     col_sum = tl.zeros([BLOCK_N], tl.float32)
     for h in range(0, H):
-        k = tl.load(K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kn + offs_d[None, :],
-                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        k = tl.load(
+            K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kn + offs_d[None, :],
+            mask=col_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
         q_base = Q + b * stride_qb + h * stride_qh
         lse_base = LSE + (b * H + h) * N
         for start_m in range(lo, hi, BLOCK_M):
             rows = start_m + offs_m
             row_ok = rows < N
             real_q = tl.load(MASK + b * N + rows, mask=row_ok, other=0) != 0
-            q = tl.load(q_base + rows[:, None] * stride_qn + offs_d[None, :],
-                        mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            q = tl.load(
+                q_base + rows[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0
+            )
             lse = tl.load(lse_base + rows, mask=row_ok, other=0.0)
             # Scores transposed, keys x queries: the column sums become row sums, which stay within a
             # warp in the MMA layout instead of crossing warps through shared memory.
@@ -198,14 +240,32 @@ def _significance_kernel(
 
 @triton.jit
 def _attention_single_pass_kernel(
-    Q, K, V, MASK, OUT, PARTIAL,
-    stride_qb, stride_qn, stride_qh,
-    stride_kb, stride_kn, stride_kh,
-    stride_vb, stride_vn, stride_vh,
-    stride_ob, stride_on,
-    N, H, HEAD_DIM, qk_scale,
+    Q,
+    K,
+    V,
+    MASK,
+    OUT,
+    PARTIAL,
+    stride_qb,
+    stride_qn,
+    stride_qh,
+    stride_kb,
+    stride_kn,
+    stride_kh,
+    stride_vb,
+    stride_vn,
+    stride_vh,
+    stride_ob,
+    stride_on,
+    N,
+    H,
+    HEAD_DIM,
+    qk_scale,
     EXCLUDE_SELF: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Single pass (BLOCK_N >= N): exact softmax of one (query block, batch x head), out + column partials."""
     pid_m = tl.program_id(0)
@@ -219,11 +279,15 @@ def _attention_single_pass_kernel(
     col_ok = cols < N
     d_ok = offs_d < HEAD_DIM
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     kv_mask = col_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kn + offs_d[None, :],
-                mask=kv_mask, other=0.0)
+    k = tl.load(
+        K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0
+    )
     real_k = tl.load(MASK + b * N + cols, mask=col_ok, other=0) != 0
     real_q = tl.load(MASK + b * N + rows, mask=row_ok, other=0) != 0
 
@@ -233,11 +297,15 @@ def _attention_single_pass_kernel(
     m = tl.max(s, 1)
     p = tl.exp2(s - m[:, None])
     inv_l = 1.0 / tl.sum(p, 1)
-    v = tl.load(V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vn + offs_d[None, :],
-                mask=kv_mask, other=0.0)
+    v = tl.load(
+        V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0
+    )
     out = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION) * inv_l[:, None]
-    tl.store(OUT + b * stride_ob + rows[:, None] * stride_on + h * HEAD_DIM + offs_d[None, :],
-             out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(
+        OUT + b * stride_ob + rows[:, None] * stride_on + h * HEAD_DIM + offs_d[None, :],
+        out.to(OUT.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
 
     vote = real_q[:, None] & col_ok[None, :]
     if EXCLUDE_SELF:
@@ -278,12 +346,20 @@ def single_pass_fits(seq_len: int, head_dim: int, dtype: torch.dtype) -> bool:
     """
     n_pad, d_pad = _pow2(seq_len), _pow2(head_dim)
     elem = torch.finfo(dtype).bits // 8
-    return (elem == 2 and n_pad <= SINGLE_PASS_MAX_N and d_pad <= 128
-            and 2 * n_pad * d_pad * elem <= _SINGLE_PASS_KV_BYTES)
+    return (
+        elem == 2 and n_pad <= SINGLE_PASS_MAX_N and d_pad <= 128 and 2 * n_pad * d_pad * elem <= _SINGLE_PASS_KV_BYTES
+    )
 
 
-def default_config(batch: int, seq_len: int, heads: int, head_dim: int, dtype: torch.dtype,
-                   device: torch.device, variant: str | None = None) -> AttentionConfig:
+def default_config(
+    batch: int,
+    seq_len: int,
+    heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    variant: str | None = None,
+) -> AttentionConfig:
     """Tile sizes for a call; fixed per shape (no autotuning), so results are reproducible run to run.
 
     Autotuning would pick configurations per process by timing, and a different tile order changes the
@@ -328,8 +404,9 @@ def default_config(batch: int, seq_len: int, heads: int, head_dim: int, dtype: t
     sms = multiprocessor_count(device)
     while sig_block_n > 16 and batch * triton.cdiv(seq_len, sig_block_n) < sms:
         sig_block_n //= 2
-    return AttentionConfig("two_pass", min(fwd[0], n_pad), min(fwd[1], n_pad), fwd[2], fwd[3],
-                           min(sig[0], n_pad), sig_block_n, sig[2])
+    return AttentionConfig(
+        "two_pass", min(fwd[0], n_pad), min(fwd[1], n_pad), fwd[2], fwd[3], min(sig[0], n_pad), sig_block_n, sig[2]
+    )
 
 
 def attention_with_significance_triton(
@@ -379,8 +456,9 @@ def attention_with_significance_triton(
     with cuda_device_guard(q.device):
         if config.variant == "single_pass":
             try:
-                _launch_single_pass(q, k, v, mask, out, significance, strides, qk_scale, exclude_self,
-                                    config, block_d, precision)
+                _launch_single_pass(
+                    q, k, v, mask, out, significance, strides, qk_scale, exclude_self, config, block_d, precision
+                )
                 return out, significance
             except OutOfResources:
                 # This GPU has too little shared memory or registers for the whole-row tile: remember
@@ -391,34 +469,77 @@ def attention_with_significance_triton(
             raise ValueError(f"config.variant must be 'two_pass' or 'single_pass', got {config.variant!r}")
         lse = torch.empty(B * H, N, dtype=torch.float32, device=q.device)
         _attention_fwd_kernel[(triton.cdiv(N, config.block_m), B * H)](
-            q, k, v, mask, out, lse, *strides, out.stride(0), out.stride(1),
-            N, H, d, qk_scale,
-            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, DOT_PRECISION=precision,
-            SCAN_BLOCK=scan_block, num_warps=config.num_warps, num_stages=config.num_stages,
+            q,
+            k,
+            v,
+            mask,
+            out,
+            lse,
+            *strides,
+            out.stride(0),
+            out.stride(1),
+            N,
+            H,
+            d,
+            qk_scale,
+            BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n,
+            BLOCK_D=block_d,
+            DOT_PRECISION=precision,
+            SCAN_BLOCK=scan_block,
+            num_warps=config.num_warps,
+            num_stages=config.num_stages,
         )
         _significance_kernel[(triton.cdiv(N, config.sig_block_n), B)](
-            q, k, mask, lse, significance, *strides[:6],
-            N, H, d, qk_scale,
+            q,
+            k,
+            mask,
+            lse,
+            significance,
+            *strides[:6],
+            N,
+            H,
+            d,
+            qk_scale,
             EXCLUDE_SELF=bool(exclude_self),
-            BLOCK_M=config.sig_block_m, BLOCK_N=config.sig_block_n, BLOCK_D=block_d, DOT_PRECISION=precision,
-            SCAN_BLOCK=scan_block, num_warps=config.sig_num_warps, num_stages=config.num_stages,
+            BLOCK_M=config.sig_block_m,
+            BLOCK_N=config.sig_block_n,
+            BLOCK_D=block_d,
+            DOT_PRECISION=precision,
+            SCAN_BLOCK=scan_block,
+            num_warps=config.sig_num_warps,
+            num_stages=config.num_stages,
         )
     return out, significance
 
 
-def _launch_single_pass(q, k, v, mask, out, significance, strides, qk_scale, exclude_self, config, block_d,
-                        precision):
+def _launch_single_pass(q, k, v, mask, out, significance, strides, qk_scale, exclude_self, config, block_d, precision):
     B, N, H, d = q.shape
     if config.block_n < N:
         raise ValueError(f"config.block_n must cover N={N} for the single-pass kernel, got {config.block_n}")
     m_blocks = triton.cdiv(N, config.block_m)
     partial = torch.empty(B, H * m_blocks, N, dtype=torch.float32, device=q.device)
     _attention_single_pass_kernel[(m_blocks, B * H)](
-        q, k, v, mask, out, partial, *strides, out.stride(0), out.stride(1),
-        N, H, d, qk_scale,
+        q,
+        k,
+        v,
+        mask,
+        out,
+        partial,
+        *strides,
+        out.stride(0),
+        out.stride(1),
+        N,
+        H,
+        d,
+        qk_scale,
         EXCLUDE_SELF=bool(exclude_self),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, DOT_PRECISION=precision,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_D=block_d,
+        DOT_PRECISION=precision,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )
     # A fixed-shape reduction: the same order on every run, unlike atomics.
     torch.sum(partial, dim=1, out=significance)
@@ -430,14 +551,14 @@ def _bnh(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _check_buffer(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
-                  device: torch.device) -> None:
+def _check_buffer(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
     if tuple(t.shape) != shape or t.dtype != dtype or t.device != device or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous {dtype} tensor of shape {shape} on {device}, "
-                         f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+        raise ValueError(
+            f"{name} must be a contiguous {dtype} tensor of shape {shape} on {device}, "
+            f"got {t.dtype} {tuple(t.shape)} on {t.device}"
+        )
 
 
 def attention_flops(batch: int, seq_len: int, heads: int, head_dim: int) -> int:
     """Matmul FLOPs of plain attention (Q K^T and P V), the yardstick for achieved TFLOP/s."""
     return 4 * batch * heads * seq_len * seq_len * head_dim
-

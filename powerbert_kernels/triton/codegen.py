@@ -57,8 +57,9 @@ def _signature(fn, pointers: dict[str, str], floats: tuple[str, ...], constexprs
     return sig
 
 
-def attention_jobs(dtype: torch.dtype, head_dim: int, seq_len: int, batch: int = 64, heads: int = 12,
-                   variant: str | None = None) -> list[tuple]:
+def attention_jobs(
+    dtype: torch.dtype, head_dim: int, seq_len: int, batch: int = 64, heads: int = 12, variant: str | None = None
+) -> list[tuple]:
     """(name, kernel, signature, constexprs, warps, stages) of every launch of one attention call."""
     config = attn.default_config(batch, seq_len, heads, head_dim, dtype, torch.device("cpu"), variant)
     t = _TRITON_TYPES[dtype]
@@ -68,20 +69,48 @@ def attention_jobs(dtype: torch.dtype, head_dim: int, seq_len: int, batch: int =
     io = {"Q": t, "K": t, "V": t, "MASK": "u8", "OUT": t, "LSE": "fp32", "SIG": "fp32", "PARTIAL": "fp32"}
     if config.variant == "single_pass":
         fn = attn._attention_single_pass_kernel
-        consts = dict(EXCLUDE_SELF=True, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
-                      DOT_PRECISION=precision)
-        return [("attention_single_pass", fn, _signature(fn, io, ("qk_scale",), consts), consts,
-                 config.num_warps, config.num_stages)]
+        consts = dict(
+            EXCLUDE_SELF=True, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, DOT_PRECISION=precision
+        )
+        return [
+            (
+                "attention_single_pass",
+                fn,
+                _signature(fn, io, ("qk_scale",), consts),
+                consts,
+                config.num_warps,
+                config.num_stages,
+            )
+        ]
     fwd, sig = attn._attention_fwd_kernel, attn._significance_kernel
-    fwd_consts = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, DOT_PRECISION=precision,
-                      SCAN_BLOCK=scan)
-    sig_consts = dict(EXCLUDE_SELF=True, BLOCK_M=config.sig_block_m, BLOCK_N=config.sig_block_n, BLOCK_D=block_d,
-                      DOT_PRECISION=precision, SCAN_BLOCK=scan)
+    fwd_consts = dict(
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, DOT_PRECISION=precision, SCAN_BLOCK=scan
+    )
+    sig_consts = dict(
+        EXCLUDE_SELF=True,
+        BLOCK_M=config.sig_block_m,
+        BLOCK_N=config.sig_block_n,
+        BLOCK_D=block_d,
+        DOT_PRECISION=precision,
+        SCAN_BLOCK=scan,
+    )
     return [
-        ("attention_pass1", fwd, _signature(fwd, io, ("qk_scale",), fwd_consts), fwd_consts, config.num_warps,
-         config.num_stages),
-        ("attention_pass2", sig, _signature(sig, io, ("qk_scale",), sig_consts), sig_consts, config.sig_num_warps,
-         config.num_stages),
+        (
+            "attention_pass1",
+            fwd,
+            _signature(fwd, io, ("qk_scale",), fwd_consts),
+            fwd_consts,
+            config.num_warps,
+            config.num_stages,
+        ),
+        (
+            "attention_pass2",
+            sig,
+            _signature(sig, io, ("qk_scale",), sig_consts),
+            sig_consts,
+            config.sig_num_warps,
+            config.num_stages,
+        ),
     ]
 
 
@@ -91,8 +120,14 @@ def select_gather_jobs(dtype: torch.dtype, seq_len: int, hidden_size: int) -> li
     block_r, block_d = sg._gather_tiles(hidden_size, torch.finfo(dtype).bits // 8)
     sel_consts = dict(BLOCK_I=block_i, BLOCK_J=block_j)
     gat_consts = dict(BLOCK_R=block_r, BLOCK_D=block_d)
-    io = {"SIG": "fp32", "MASK": "u8", "INDICES": "i64", "MASK_OUT": "u8", "HIDDEN": _TRITON_TYPES[dtype],
-          "OUT": _TRITON_TYPES[dtype]}
+    io = {
+        "SIG": "fp32",
+        "MASK": "u8",
+        "INDICES": "i64",
+        "MASK_OUT": "u8",
+        "HIDDEN": _TRITON_TYPES[dtype],
+        "OUT": _TRITON_TYPES[dtype],
+    }
     return [
         ("select", sg._select_kernel, _signature(sg._select_kernel, io, (), sel_consts), sel_consts, select_warps, 3),
         ("gather", sg._gather_kernel, _signature(sg._gather_kernel, io, (), gat_consts), gat_consts, 4, 3),
@@ -117,10 +152,10 @@ def build(job: tuple, arch: int, dtype: torch.dtype, shape: str) -> KernelBuild:
     name, fn, signature, consts, warps, stages = job
     result = KernelBuild(name, arch, _TRITON_TYPES[dtype], shape, consts, warps, stages)
     try:
-        src = ASTSource(fn=fn, signature=signature,
-                        constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": warps, "num_stages": stages})
+        src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+        compiled = triton.compile(
+            src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages}
+        )
         result.shared_bytes = int(compiled.metadata.shared)
         result.registers, result.spill_bytes = _resources(compiled.asm["cubin"])
     except Exception as exc:
@@ -168,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(asdict(b)), flush=True)
         else:
-            status = b.error or (f"regs {b.registers:3d}  spill {b.spill_bytes:5d} B  "
-                                 f"shared {b.shared_bytes // 1024:3d} KiB")
+            status = b.error or (
+                f"regs {b.registers:3d}  spill {b.spill_bytes:5d} B  shared {b.shared_bytes // 1024:3d} KiB"
+            )
             print(f"sm_{b.arch} {b.kernel:22s} {b.dtype:4s} {b.shape:12s} warps {b.num_warps}  {status}", flush=True)
     return 0
 

@@ -37,6 +37,7 @@ from ._common import MAX_SEQ_LEN, cuda_device_guard
 
 __all__ = ["MAX_SEQ_LEN", "reference", "select_gather_triton"]
 
+
 @triton.jit
 def _sort_keys(SIG, MASK, row, pos, N, cls_pos):
     """int64 keys of positions ``pos`` of row ``row`` (-1 past the end: never beats anything)."""
@@ -60,8 +61,14 @@ def _sort_keys(SIG, MASK, row, pos, N, cls_pos):
 
 @triton.jit
 def _select_kernel(
-    SIG, MASK, INDICES, MASK_OUT, N, KEEP,
-    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+    SIG,
+    MASK,
+    INDICES,
+    MASK_OUT,
+    N,
+    KEEP,
+    BLOCK_I: tl.constexpr,
+    BLOCK_J: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs_i = tl.arange(0, BLOCK_I)
@@ -90,9 +97,11 @@ def _select_kernel(
         kept = (rank < KEEP) & (pos_i < N)
         kept_real = (kept & real_i).to(tl.int32)
         kept_pad = (kept & ~real_i).to(tl.int32)
-        slot = tl.where(real_i,
-                        real_before + tl.cumsum(kept_real, 0) - kept_real,
-                        kept_real_total + pad_before + tl.cumsum(kept_pad, 0) - kept_pad)
+        slot = tl.where(
+            real_i,
+            real_before + tl.cumsum(kept_real, 0) - kept_real,
+            kept_real_total + pad_before + tl.cumsum(kept_pad, 0) - kept_pad,
+        )
         tl.store(INDICES + row * KEEP + slot, pos_i.to(tl.int64), mask=kept)
         tl.store(MASK_OUT + row * KEEP + slot, real_i.to(tl.uint8), mask=kept)
         real_before += tl.sum(kept_real, 0)
@@ -101,8 +110,15 @@ def _select_kernel(
 
 @triton.jit
 def _gather_kernel(
-    HIDDEN, INDICES, OUT, stride_hb, stride_hn, KEEP, D,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    HIDDEN,
+    INDICES,
+    OUT,
+    stride_hb,
+    stride_hn,
+    KEEP,
+    D,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
@@ -168,12 +184,16 @@ def select_gather_triton(
             torch.empty(B, keep, dtype=torch.int64, device=hidden.device),
         )
     hidden_kept, mask_kept, indices = out
-    for name, t, shape, dtype in (("hidden_kept", hidden_kept, (B, keep, D), hidden.dtype),
-                                  ("mask_kept", mask_kept, (B, keep), torch.bool),
-                                  ("indices", indices, (B, keep), torch.int64)):
+    for name, t, shape, dtype in (
+        ("hidden_kept", hidden_kept, (B, keep, D), hidden.dtype),
+        ("mask_kept", mask_kept, (B, keep), torch.bool),
+        ("indices", indices, (B, keep), torch.int64),
+    ):
         if tuple(t.shape) != shape or t.dtype != dtype or t.device != hidden.device or not t.is_contiguous():
-            raise ValueError(f"out: {name} must be a contiguous {dtype} tensor of shape {shape} on "
-                             f"{hidden.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+            raise ValueError(
+                f"out: {name} must be a contiguous {dtype} tensor of shape {shape} on "
+                f"{hidden.device}, got {t.dtype} {tuple(t.shape)} on {t.device}"
+            )
     sig = significance.to(torch.float32).contiguous()
     mask_u8 = mask.contiguous().view(torch.uint8)
 
@@ -181,12 +201,27 @@ def select_gather_triton(
     block_r, block_d = _gather_tiles(D, hidden.element_size())
     with cuda_device_guard(hidden.device):
         _select_kernel[(B,)](
-            sig, mask_u8, indices, mask_kept.view(torch.uint8), N, keep,
-            BLOCK_I=block_i, BLOCK_J=block_j, num_warps=select_warps,
+            sig,
+            mask_u8,
+            indices,
+            mask_kept.view(torch.uint8),
+            N,
+            keep,
+            BLOCK_I=block_i,
+            BLOCK_J=block_j,
+            num_warps=select_warps,
         )
         _gather_kernel[(triton.cdiv(keep, block_r), B, triton.cdiv(D, block_d))](
-            hidden, indices, hidden_kept, hidden.stride(0), hidden.stride(1), keep, D,
-            BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
+            hidden,
+            indices,
+            hidden_kept,
+            hidden.stride(0),
+            hidden.stride(1),
+            keep,
+            D,
+            BLOCK_R=block_r,
+            BLOCK_D=block_d,
+            num_warps=4,
         )
     return hidden_kept, mask_kept, indices
 

@@ -17,8 +17,10 @@ class BertAdapter(EncoderAdapter):
 
     def check_config(self, config) -> None:
         if getattr(config, "is_decoder", False):
-            raise ValueError("model: a BERT decoder (config.is_decoder=True) cannot be patched; PoWER-BERT "
-                             "applies to bidirectional encoders")
+            raise ValueError(
+                "model: a BERT decoder (config.is_decoder=True) cannot be patched; PoWER-BERT "
+                "applies to bidirectional encoders"
+            )
         position = getattr(config, "position_embedding_type", "absolute")
         if position not in (None, "absolute"):
             raise ValueError(f"model: position_embedding_type={position!r} is not supported (only 'absolute')")

@@ -9,8 +9,12 @@ from .bert import BertAdapter
 class RobertaAdapter(BertAdapter):
     model_types = ("roberta", "xlm-roberta")
     base_classes = ("RobertaModel", "XLMRobertaModel")
-    cls_heads = ("RobertaForSequenceClassification", "RobertaForMultipleChoice",
-                 "XLMRobertaForSequenceClassification", "XLMRobertaForMultipleChoice")
+    cls_heads = (
+        "RobertaForSequenceClassification",
+        "RobertaForMultipleChoice",
+        "XLMRobertaForSequenceClassification",
+        "XLMRobertaForMultipleChoice",
+    )
 
     def base_model(self, model):
         return model if type(model).__name__ in self.base_classes else model.roberta
