@@ -170,16 +170,36 @@ def _key_padding_mask(attention_mask, batch: int, length: int, device: torch.dev
     return mask, bool(all_real)
 
 
-def _attention_block(adapter, layer, hidden, mask, with_significance, exclude_self, plain, all_real):
+def _attention_block(adapter, layer, hidden, mask, with_significance, exclude_self, plain, all_real, dropout_p):
     # A function of its own so that q, k, v and the attention output are freed before the feed-forward
     # block allocates its (B, n, 4D) intermediate: the peak memory then matches the stock layer's.
     q, k, v, scale = adapter.qkv(layer, hidden)
     if with_significance:
-        attn, significance = ops.attention_with_significance(q, k, v, mask, scale=scale, exclude_self=exclude_self)
+        attn, significance = ops.attention_with_significance(
+            q, k, v, mask, scale=scale, exclude_self=exclude_self, dropout_p=dropout_p
+        )
     else:
         plain_mask = None if all_real else mask
-        attn, significance = ops.attention(q, k, v, plain_mask, scale=scale, implementation=plain), None
+        attn = ops.attention(q, k, v, plain_mask, scale=scale, implementation=plain, dropout_p=dropout_p)
+        significance = None
     return adapter.attention_output(layer, attn, hidden), significance
+
+
+def _layer(hidden, mask, adapter, layer, extract, padded_length, exclude_self, plain, all_real, dropout_p):
+    """One patched encoder layer: attention (+ significance), extract, feed-forward on the kept vectors."""
+    hidden_attn, significance = _attention_block(
+        adapter,
+        layer,
+        hidden,
+        mask,
+        extract.needs_significance(hidden.shape[1], padded_length),
+        exclude_self,
+        plain,
+        all_real,
+        dropout_p,
+    )
+    hidden_attn, mask, kept = extract(hidden_attn, significance, mask, padded_length)
+    return adapter.feed_forward(layer, hidden_attn), mask, kept
 
 
 _UNSUPPORTED_INPUTS = ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "head_mask")
@@ -227,22 +247,21 @@ def _power_bert_forward(
     positions = None
     layer_positions = []
     all_hidden = [hidden] if output_hidden_states else None
+    # The stock layers' attention dropout, applied in training as theirs is (after the significance is read).
+    dropout_p = float(getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0) if self.training else 0.0
+    checkpointing = self.training and torch.is_grad_enabled()
     for layer, extract in zip(adapter.layers(self), self.power_extract, strict=True):
-        hidden_attn, significance = _attention_block(
-            adapter,
-            layer,
-            hidden,
-            mask,
-            extract.needs_significance(hidden.shape[1], N),
-            state.exclude_self,
-            plain,
-            all_real,
-        )
-        hidden_attn, mask, kept = extract(hidden_attn, significance, mask, N)
+        args = (adapter, layer, extract, N, state.exclude_self, plain, all_real, dropout_p)
+        if checkpointing and getattr(layer, "gradient_checkpointing", False):
+            # gradient_checkpointing_enable() marked the layer: run it through HF's checkpoint function, as
+            # the stock layer would be; its activations are recomputed in the backward pass (the selection
+            # too: the same inputs and RNG state give the same kept vectors).
+            hidden, mask, kept = layer._gradient_checkpointing_func(_layer, hidden, mask, *args)
+        else:
+            hidden, mask, kept = _layer(hidden, mask, *args)
         if kept is not None:
             positions = kept if positions is None else positions.gather(1, kept)
         layer_positions.append(positions)
-        hidden = adapter.feed_forward(layer, hidden_attn)
         if output_hidden_states:
             all_hidden.append(hidden)
 
