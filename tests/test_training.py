@@ -164,7 +164,7 @@ def test_load_local_maps_string_labels_and_checks_eval_labels(tmp_path):
         ("sentence\tlabel\n", "no data rows"),
         ("text\tlabel\nhello\t1\n", "no column 'sentence'.*--text-column.*available columns: text, label"),
         ("sentence\tgold\nhello\t1\n", "no column 'label'.*--label-column"),
-        ("sentence\tlabel\nhello\t1\textra\n", "row 2 has 3 fields"),
+        ("sentence\tlabel\nhello\t1\textra\n", "line 2 has 3 fields"),
     ],
 )
 def test_bad_files_are_refused_with_the_argument_named(tmp_path, content, message):
