@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "is_patched": ".models",
     "model_flops": ".models",
     "remove_power_bert": ".models",
+    "tune_retention": ".training.tune",
 }
 _SUBMODULES = ("ops",)
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         remove_power_bert,
     )
     from .ops import BACKENDS, BackendUnavailableError
+    from .training.tune import tune_retention
 
 
 def __getattr__(name: str) -> object:
@@ -76,4 +78,5 @@ __all__ = [
     "model_flops",
     "ops",
     "remove_power_bert",
+    "tune_retention",
 ]

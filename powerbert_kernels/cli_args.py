@@ -130,19 +130,20 @@ def _flag(f) -> str:
 
 
 def add_dataclass_arguments(
-    parser: argparse.ArgumentParser, cls: type, groups: dict[str, str] | None = None
-) -> dict[str, argparse._ArgumentGroup]:
+    parser: argparse.ArgumentParser, cls: type, groups: dict[str, str] | None = None, only: str | None = None
+) -> None:
     """Add one option per field of the dataclass ``cls`` that has :func:`option` metadata.
 
     A field without a default is a required option; a bool field is a switch (``--name`` when it
     defaults to False, ``--no-name`` when it defaults to True); the type is the metadata's ``type``, else
-    that of the default. ``groups`` maps a group key to its heading, in the order they should appear.
+    that of the default. ``groups`` maps a group key to its heading, in the order they should appear;
+    ``only`` restricts the options to that group.
     """
     import dataclasses
 
     headings = {key: parser.add_argument_group(title) for key, title in (groups or {}).items()}
     for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
+        if "help" not in f.metadata or (only is not None and f.metadata.get("group") != only):
             continue
         target = headings.get(f.metadata.get("group"), parser)
         kwargs: dict[str, object] = dict(f.metadata["argparse"])
@@ -162,7 +163,6 @@ def add_dataclass_arguments(
             if required:
                 kwargs["required"] = True
         target.add_argument(flag, dest=f.name, help=f.metadata["help"], **kwargs)
-    return headings
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: object):

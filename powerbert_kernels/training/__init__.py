@@ -25,6 +25,8 @@ _LAZY: dict[str, str] = {
     "run_pipeline": ".pipeline",
     "select_run": ".pipeline",
     "validate_config": ".config",
+    "TuneResult": ".tune",
+    "tune_retention": ".tune",
 }
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .metrics import accuracy, all_metrics, f1_score, matthews_corrcoef
     from .pipeline import Pipeline, run_pipeline, select_run
     from .trainer import PowerBertTrainer, SoftExtractCallback, SoftExtractTrainer
+    from .tune import TuneResult, tune_retention
 
 
 def __getattr__(name: str) -> object:
@@ -53,11 +56,13 @@ __all__ = [
     "SoftExtractCallback",
     "SoftExtractTrainer",
     "TrainConfig",
+    "TuneResult",
     "accuracy",
     "all_metrics",
     "f1_score",
     "matthews_corrcoef",
     "run_pipeline",
     "select_run",
+    "tune_retention",
     "validate_config",
 ]

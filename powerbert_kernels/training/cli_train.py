@@ -10,6 +10,14 @@ import argparse
 HELP = "fine-tune, learn the retention configuration and re-train a PoWER-BERT classifier"
 
 
+def add_data_arguments(parser: argparse.ArgumentParser, *, train: bool) -> None:
+    """The data options (for ``train``, with ``--train-file``), for commands that share them."""
+    from ..cli_args import add_dataclass_arguments
+    from .config import GROUPS, TaskOptions, TrainConfig
+
+    add_dataclass_arguments(parser, TrainConfig if train else TaskOptions, {"data": GROUPS["data"]}, only="data")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli_args import add_dataclass_arguments
     from .config import GROUPS, TrainConfig

@@ -80,7 +80,9 @@ class TrainConfig(TaskOptions):
     """Everything one run of the pipeline needs (the ``powerbert train`` options).
 
     Metric values are in points (x100). ``epochs``/``lr`` apply to every phase unless the per-phase
-    value is set.
+    value is set. ``soft_lr=None`` derives the learning rate of ``r`` from the search's length
+    (:func:`~powerbert_kernels.training.pipeline.derive_soft_lr`), so the search converges whatever the
+    data size.
     """
 
     model: str = field(
@@ -107,10 +109,14 @@ class TrainConfig(TaskOptions):
     lr: float = field(
         default=3e-5, metadata=option("model learning rate, every phase", group="training", check="positive")
     )
-    soft_lr: float = field(
-        default=5e-3,
+    soft_lr: float | None = field(
+        default=None,
         metadata=option(
-            "learning rate of the soft-extract parameters r (paper: 1e-4 to 1e-2)", group="training", check="positive"
+            "learning rate of the soft-extract parameters r (default: 6 / search steps, so that r can cross "
+            "[0, 1] within about a third of the search whatever the data size; paper: 1e-4 to 1e-2)",
+            group="training",
+            type=float,
+            check="positive",
         ),
     )
     epochs: float = field(default=3.0, metadata=option("epochs per phase", group="training", check="positive"))
