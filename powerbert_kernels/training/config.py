@@ -38,7 +38,9 @@ def _number(text: str) -> float:
 class TaskOptions:
     """What ``train`` and ``eval`` share: the data, the sequence length, the metric, the timing."""
 
-    eval_file: str | None = field(default=None, metadata=option("evaluation rows, same format", group="data"))
+    eval_file: str | None = field(
+        default=None, metadata=option("evaluation rows: .csv, .tsv (header row) or .json/.jsonl", group="data")
+    )
     glue_task: str | None = field(
         default=None,
         metadata=option(
@@ -93,7 +95,7 @@ class TrainConfig(TaskOptions):
     )
     output_dir: str = field(metadata=option("where the final model, report.json and plots go"))
     train_file: str | None = field(
-        default=None, metadata=option("training rows: .csv, .tsv (header row) or .json/.jsonl", group="data")
+        default=None, metadata=option("training rows, in the format of --eval-file", group="data")
     )
     lambdas: Sequence[float] = field(
         default=(1e-3,),
