@@ -16,6 +16,7 @@ from ._dispatch import (
     resolve,
 )
 from .attention import attention, attention_with_significance, attention_with_significance_ref
+from .local_attention import local_attention, local_attention_mask, local_attention_with_significance
 from .select_gather import cls_positions, select_gather, select_gather_ref, selection_order
 
 __all__ = [
@@ -28,6 +29,9 @@ __all__ = [
     "attention_with_significance_ref",
     "cls_positions",
     "explain",
+    "local_attention",
+    "local_attention_mask",
+    "local_attention_with_significance",
     "registered_backends",
     "resolve",
     "select_gather",
