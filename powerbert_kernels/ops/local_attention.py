@@ -25,9 +25,9 @@ def local_attention_mask(positions: torch.Tensor, key_padding_mask: torch.Tensor
     """Which keys each query may attend to: (B, n, n) bool.
 
     ``allowed[b, i, j]`` is True when key ``j`` is a real token and ``|positions[b, i] - positions[b, j]| <=
-    window``. A query left with no key at all (a padded query far from every real token) attends to itself
-    alone, so that no row of the softmax is empty and no NaN can reach later layers; such rows are never
-    read by a real token.
+    window``. A real query always sees itself; a padded query far from every real token sees nothing, and
+    gets what the stock attention gives such a row (SDPA: zeros; the additive dtype-min bias of the eager
+    and significance paths: a uniform average, never NaN). No real query reads it.
 
     Args:
         positions: (B, n) or (1, n) int64, the original input position of every vector.
@@ -35,11 +35,7 @@ def local_attention_mask(positions: torch.Tensor, key_padding_mask: torch.Tensor
         window: the largest distance, in original positions, between a query and a key it sees.
     """
     distance = (positions[:, :, None] - positions[:, None, :]).abs()
-    allowed = (distance <= window) & key_padding_mask[:, None, :]
-    empty = ~allowed.any(dim=-1)
-    n = key_padding_mask.shape[1]
-    eye = torch.eye(n, dtype=torch.bool, device=allowed.device)
-    return allowed | (empty[:, :, None] & eye)
+    return (distance <= window) & key_padding_mask[:, None, :]
 
 
 def _check_local(q, k, v, key_padding_mask, positions, window):
