@@ -4,6 +4,7 @@ rows independent of their batch, heads that read every vector refused."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -39,6 +40,8 @@ from transformers import (
 )
 
 from powerbert_kernels import apply_power_bert, model_flops, remove_power_bert
+from powerbert_kernels.benchmarking import CONFIGS
+from powerbert_kernels.cli import main
 
 SMALL = dict(
     hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, max_position_embeddings=64
@@ -344,3 +347,27 @@ def test_new_architectures_refuse_what_they_cannot_reproduce():
     inputs = new_batch(patched.config, "right")
     with pytest.raises(ValueError, match="token_type_ids"):
         patched.distilbert(**inputs, token_type_ids=torch.zeros_like(inputs["input_ids"]))
+
+
+_TINY = {
+    "hidden_size": 64,
+    "dim": 64,
+    "num_attention_heads": 4,
+    "n_heads": 4,
+    "intermediate_size": 96,
+    "hidden_dim": 96,
+    "embedding_size": 32,
+    "local_attention": 6,
+}
+
+
+@pytest.mark.parametrize("name", ["albert-base", "distilbert", "modernbert-base"])
+def test_bench_runs_the_new_configurations(name, monkeypatch, capsys):
+    # The real sizes at tiny widths (same model type and depth), so the command runs in moments.
+    model_type, sizes = CONFIGS[name]
+    monkeypatch.setitem(CONFIGS, name, (model_type, {k: _TINY.get(k, v) for k, v in sizes.items()}))
+    argv = ["bench", "--config", name, "--batch", "2", "--seq-len", "16", "--repeats", "1", "--warmup", "0"]
+    assert main([*argv, "--no-memory", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["model"] == name and report["flop_ratio"] > 1
+    assert len(report["kept_per_layer"]) == sizes.get("num_hidden_layers", sizes.get("n_layers"))
