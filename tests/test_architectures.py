@@ -20,6 +20,8 @@ from transformers import (
     CamembertConfig,
     CamembertForMaskedLM,
     CamembertForSequenceClassification,
+    Data2VecTextConfig,
+    Data2VecTextForSequenceClassification,
     DistilBertConfig,
     DistilBertForMaskedLM,
     DistilBertForQuestionAnswering,
@@ -168,9 +170,13 @@ def camembert(implementation="eager"):
     return CamembertForSequenceClassification(CamembertConfig(**SMALL, attn_implementation=implementation))
 
 
-NEW = [albert, distilbert, modernbert, modernbert_mean, camembert]
+def data2vec_text(implementation="eager"):
+    return Data2VecTextForSequenceClassification(Data2VecTextConfig(**SMALL, attn_implementation=implementation))
+
+
+NEW = [albert, distilbert, modernbert, modernbert_mean, camembert, data2vec_text]
 PRUNED = {albert: [14, 9, 5, 2], distilbert: [12, 6, 2], modernbert: [14, 9, 5, 2], modernbert_mean: [14, 9, 5, 2]}
-PRUNED[camembert] = [12, 6, 2]
+PRUNED[camembert] = PRUNED[data2vec_text] = [12, 6, 2]
 
 
 def new_batch(config, side: str, B: int = 3, N: int = 19):
