@@ -19,8 +19,8 @@ class DistilBertAdapter(EncoderAdapter):
         return model if type(model).__name__ in self.base_classes else model.distilbert
 
     def embed(self, base, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
-        if token_type_ids is not None:
-            raise ValueError("token_type_ids: DistilBERT has no token type embeddings; leave it out")
+        # No token type embeddings: token_type_ids (from a BERT tokenizer, say) are ignored, as the stock
+        # model ignores them.
         return base.embeddings(input_ids, inputs_embeds, position_ids)
 
     def layers(self, base: nn.Module) -> Sequence[nn.Module]:

@@ -48,8 +48,8 @@ class ModernBertAdapter(EncoderAdapter):
         return model if type(model).__name__ in self.base_classes else model.model
 
     def embed(self, base, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
-        if token_type_ids is not None:
-            raise ValueError("token_type_ids: ModernBERT has no token type embeddings; leave it out")
+        # No token type embeddings (token_type_ids are ignored, as the stock model ignores them); the
+        # position ids enter through the rotary embedding in qkv.
         return base.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds)
 
     def layers(self, base: nn.Module) -> Sequence[nn.Module]:
