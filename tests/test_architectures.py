@@ -113,7 +113,7 @@ def test_roberta_multiple_choice():
 # window narrow enough to matter at these lengths), CamemBERT: tiny random configurations.
 def albert(implementation="eager"):
     config = AlbertConfig(
-        **{**SMALL, "num_hidden_layers": 4},
+        **{**SMALL, "num_hidden_layers": 4, "vocab_size": 100},
         embedding_size=32,
         num_hidden_groups=2,
         num_labels=3,
@@ -167,11 +167,13 @@ def modernbert_mean(implementation="eager"):
 
 
 def camembert(implementation="eager"):
-    return CamembertForSequenceClassification(CamembertConfig(**SMALL, attn_implementation=implementation))
+    config = CamembertConfig(**SMALL, vocab_size=100, attn_implementation=implementation)
+    return CamembertForSequenceClassification(config)
 
 
 def data2vec_text(implementation="eager"):
-    return Data2VecTextForSequenceClassification(Data2VecTextConfig(**SMALL, attn_implementation=implementation))
+    config = Data2VecTextConfig(**SMALL, vocab_size=100, attn_implementation=implementation)
+    return Data2VecTextForSequenceClassification(config)
 
 
 NEW = [albert, distilbert, modernbert, modernbert_mean, camembert, data2vec_text]
@@ -381,7 +383,6 @@ def test_eval_command_runs_the_new_architectures(make, minilm_tokenizer, tmp_pat
     # type ids are ignored by these models, patched or not), a few labelled sentences.
     torch.manual_seed(0)
     model = make()
-    model.config.vocab_size = minilm_tokenizer.vocab_size
     model.resize_token_embeddings(minilm_tokenizer.vocab_size)
     apply_power_bert(model, [6, 4, 2, 1] if make is modernbert_mean else [6, 3, 1])
     folder = tmp_path / "model"
