@@ -10,8 +10,9 @@ Quick start::
     logits = model(**batch).logits
 """
 
+import importlib
+
 from . import ops
-from .ext import available_backends, backend_report
 from .models import (
     PowerBertModelOutput,
     apply_power_bert,
@@ -20,7 +21,7 @@ from .models import (
     model_flops,
     remove_power_bert,
 )
-from .ops import BACKENDS, BackendUnavailableError
+from .ops import BACKENDS, BackendUnavailableError, available_backends, backend_report
 
 __version__ = "0.1.0"
 
@@ -38,3 +39,14 @@ __all__ = [
     "ops",
     "remove_power_bert",
 ]
+
+# Loaded on first access (``powerbert_kernels.training``), so that importing the package stays light: the
+# training stack (datasets, accelerate, matplotlib), Triton and the compiled extension come in only when
+# used.
+_LAZY_SUBMODULES = frozenset({"benchmarking", "cli", "demo", "ext", "info", "training", "triton"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

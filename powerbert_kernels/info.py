@@ -16,7 +16,8 @@ def run(args: argparse.Namespace) -> int:
 
     from . import __version__
     from .benchmarking import environment
-    from .ext import backend_report, build_info
+    from .ext import build_info
+    from .ops import backend_report
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = environment(device)

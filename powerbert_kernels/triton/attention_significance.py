@@ -557,8 +557,3 @@ def _check_buffer(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: tor
             f"{name} must be a contiguous {dtype} tensor of shape {shape} on {device}, "
             f"got {t.dtype} {tuple(t.shape)} on {t.device}"
         )
-
-
-def attention_flops(batch: int, seq_len: int, heads: int, head_dim: int) -> int:
-    """Matmul FLOPs of plain attention (Q K^T and P V), the yardstick for achieved TFLOP/s."""
-    return 4 * batch * heads * seq_len * seq_len * head_dim
