@@ -14,12 +14,14 @@ SDPA), used for layers that keep every vector.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
 from . import dispatch
 from ._checks import check_float, check_mask, check_same_device, check_tensor
+from ._imports import when_imported
 
 OP = "attention_with_significance"
 
@@ -197,23 +199,6 @@ def _attention_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
     return attention_flops(*q_shape)
 
 
-_FLOPS_REGISTERED = False
-
-
-@dispatch.compile_time_constant
-def _register_flop_formulas() -> bool:
-    # On the first call rather than at import: torch.utils.flop_counter imports Triton, which importing the
-    # package must not. FlopCounterMode reads the registry when an op runs, so this is early enough.
-    global _FLOPS_REGISTERED
-    if not _FLOPS_REGISTERED:
-        from torch.utils.flop_counter import register_flop_formula
-
-        register_flop_formula(torch.ops.powerbert.attention_with_significance)(_attention_flops)
-        register_flop_formula(torch.ops.powerbert.attention)(_attention_flops)
-        _FLOPS_REGISTERED = True
-    return True
-
-
 def _check_qkv(q, k, v):
     q = check_tensor("q", q, 4, "(B, N, H, d)")
     check_float("q", q)
@@ -273,7 +258,6 @@ def attention_with_significance(
     scale = _check_scale(scale, d)
     inputs = dispatch.AttentionInputs(q.device, q.dtype, batch=B, seq_len=N, heads=H, head_dim=d)
     name = dispatch.resolve(OP, inputs, backend)
-    _register_flop_formulas()
     return torch.ops.powerbert.attention_with_significance(q, k, v, key_padding_mask, scale, bool(exclude_self), name)
 
 
@@ -374,5 +358,13 @@ def attention(
         check_mask("key_padding_mask", key_padding_mask, B, N, q.device)
     if implementation not in ("sdpa", "eager"):
         raise ValueError(f"implementation must be 'sdpa' or 'eager', got {implementation!r}")
-    _register_flop_formulas()
     return torch.ops.powerbert.attention(q, k, v, key_padding_mask, _check_scale(scale, d), implementation)
+
+
+def _register_flop_formulas(flop_counter: ModuleType) -> None:
+    flop_counter.register_flop_formula(torch.ops.powerbert.attention_with_significance)(_attention_flops)
+    flop_counter.register_flop_formula(torch.ops.powerbert.attention)(_attention_flops)
+
+
+# When FlopCounterMode's module is imported rather than now: it imports Triton, which importing the ops must not.
+when_imported("torch.utils.flop_counter", _register_flop_formulas)

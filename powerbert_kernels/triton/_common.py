@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -16,6 +17,28 @@ MAX_SEQ_LEN = 1 << 20
 MAX_HEAD_DIM = 256
 """Largest head dimension the attention kernels take (padded to a power of two; the output
 accumulator of a query tile, BLOCK_M x d in fp32, has to stay in registers)."""
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One kernel launch as a launcher makes it: the single source of its compile-time parameters.
+
+    The launchers run exactly these (``kernel[grid](*runtime_args, **constexprs, num_warps=...,
+    num_stages=...)``) and :mod:`.codegen` compiles exactly these for its register and spill check.
+    """
+
+    name: str
+    kernel: object
+    """The ``triton.jit`` function."""
+    grid: tuple[int, ...]
+    constexprs: dict[str, object] = field(default_factory=dict)
+    """Tile sizes, dot precision, scan block and flags, by the kernel's argument names."""
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def launch(self, *args: object) -> None:
+        """Launch on ``args``, the kernel's runtime arguments in order."""
+        self.kernel[self.grid](*args, **self.constexprs, num_warps=self.num_warps, num_stages=self.num_stages)
 
 
 @triton.jit
