@@ -16,8 +16,5 @@ class RobertaAdapter(BertAdapter):
         "XLMRobertaForMultipleChoice",
     )
 
-    def base_model(self, model):
-        return model if type(model).__name__ in self.base_classes else model.roberta
-
 
 register_adapter(RobertaAdapter())
