@@ -31,9 +31,6 @@ class AlbertAdapter(BertAdapter):
                 "ALBERT): each retention entry belongs to one layer application"
             )
 
-    def base_model(self, model: nn.Module) -> nn.Module:
-        return model if type(model).__name__ in self.base_classes else model.albert
-
     def embed(self, base, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
         hidden = base.embeddings(
             input_ids=input_ids,

@@ -33,8 +33,9 @@ class EncoderAdapter:
         """Raise ``ValueError`` for configurations the patched forward cannot reproduce exactly."""
 
     def base_model(self, model: nn.Module) -> nn.Module:
-        """The bare encoder inside ``model`` (``model`` itself for a bare encoder)."""
-        return getattr(model, model.base_model_prefix)
+        """The bare encoder inside ``model`` (``model`` itself for a bare encoder): HF's ``base_model``,
+        which follows ``base_model_prefix``."""
+        return model.base_model
 
     def embed(self, base: nn.Module, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
         """Embeddings: (B, N, D)."""

@@ -25,9 +25,6 @@ class BertAdapter(EncoderAdapter):
         if position not in (None, "absolute"):
             raise ValueError(f"model: position_embedding_type={position!r} is not supported (only 'absolute')")
 
-    def base_model(self, model: nn.Module) -> nn.Module:
-        return model if type(model).__name__ in self.base_classes else model.bert
-
     def embed(self, base, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
         return base.embeddings(
             input_ids=input_ids,

@@ -15,9 +15,6 @@ class DistilBertAdapter(EncoderAdapter):
     base_classes = ("DistilBertModel",)
     cls_heads = ("DistilBertForSequenceClassification", "DistilBertForMultipleChoice")
 
-    def base_model(self, model: nn.Module) -> nn.Module:
-        return model if type(model).__name__ in self.base_classes else model.distilbert
-
     def embed(self, base, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
         # No token type embeddings: token_type_ids (from a BERT tokenizer, say) are ignored, as the stock
         # model ignores them.

@@ -44,9 +44,6 @@ class ModernBertAdapter(EncoderAdapter):
         if kinds:
             raise ValueError(f"model: layer types {sorted(kinds)} are not supported")
 
-    def base_model(self, model: nn.Module) -> nn.Module:
-        return model if type(model).__name__ in self.base_classes else model.model
-
     def embed(self, base, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
         # No token type embeddings (token_type_ids are ignored, as the stock model ignores them); the
         # position ids enter through the rotary embedding in qkv.

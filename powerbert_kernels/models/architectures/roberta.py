@@ -24,8 +24,5 @@ class RobertaAdapter(BertAdapter):
         "Data2VecTextForMultipleChoice",
     )
 
-    def base_model(self, model):
-        return model if type(model).__name__ in self.base_classes else getattr(model, model.base_model_prefix)
-
 
 register_adapter(RobertaAdapter())
