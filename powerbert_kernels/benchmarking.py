@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -136,6 +137,69 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
     return peak / 2**20
 
 
+# A busy child: integer work in slices of a few milliseconds, until the deadline or until its parent is
+# gone (so that a benchmark killed without cleanup leaves nothing spinning). It reports once it runs.
+_BUSY_CHILD = """
+import os, sys, time
+deadline = time.monotonic() + float(sys.argv[1])
+parent = int(sys.argv[2])
+sys.stdout.write("busy\\n")
+sys.stdout.flush()
+x = 0
+while time.monotonic() < deadline and os.getppid() == parent:
+    for i in range(20000):
+        x = (x * 31 + i) & 0xFFFF
+"""
+
+MAX_BACKGROUND_LOAD = 64
+"""Upper bound on ``--background-load`` (busy processes), whatever the number of cores."""
+
+
+@contextlib.contextmanager
+def background_load(processes: int, max_seconds: float = 3600.0):
+    """Keep ``processes`` single-threaded busy child processes running for the duration of the block.
+
+    Each child spins on integer work, so it competes for a core the way another CPU-bound job does
+    without touching the memory bandwidth much. They are started (and confirmed running) before the
+    block and ended when it exits, however it exits; each also stops by itself after ``max_seconds`` or
+    when this process is gone.
+
+    Args:
+        processes: busy children, 0 (no load) to :data:`MAX_BACKGROUND_LOAD`.
+        max_seconds: the longest any child runs.
+    """
+    if isinstance(processes, bool) or not isinstance(processes, int) or not 0 <= processes <= MAX_BACKGROUND_LOAD:
+        raise ValueError(f"processes must be an int between 0 and {MAX_BACKGROUND_LOAD}, got {processes!r}")
+    if not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    children: list[subprocess.Popen] = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        for _ in range(processes):
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-S", "-c", _BUSY_CHILD, str(float(max_seconds)), str(os.getpid())],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    env=env,
+                )
+            )
+        for child in children:
+            if child.stdout.readline().strip() != b"busy":
+                raise RuntimeError(f"background load: a busy child process failed to start (exit {child.poll()})")
+        yield children
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            child.stdout.close()
+
+
 @dataclass
 class Comparison:
     """Result of :func:`compare_models`; times in milliseconds (medians), memory in MiB."""
@@ -242,6 +306,28 @@ def load_models(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     return baseline, copy.deepcopy(baseline)
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of threads, got {text!r}")
+    return value
+
+
+def _load(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_BACKGROUND_LOAD:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of busy processes from 0 to {MAX_BACKGROUND_LOAD}, got {text!r}"
+        )
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="local HF model folder or hub id (weights loaded)")
@@ -263,6 +349,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        help="intra-op CPU threads (torch.set_num_threads) for both models (default: PyTorch's)",
+    )
+    parser.add_argument(
+        "--background-load",
+        type=_load,
+        default=0,
+        metavar="K",
+        help="run K busy single-threaded processes while measuring, to reproduce a loaded machine "
+        "(ended by the benchmark; default 0)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -273,6 +372,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["POWERBERT_BACKEND"] = args.backend
     if args.batch < 1 or args.seq_len < 2:
         raise SystemExit("powerbert bench: --batch must be >= 1 and --seq-len >= 2")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     baseline, power = load_models(args, device, dtype)
@@ -280,9 +381,10 @@ def run(args: argparse.Namespace) -> int:
     retention = parse_retention(args.retention) if args.retention else default_retention(num_layers)
     apply_power_bert(power, retention)
     inputs = random_inputs(args.batch, args.seq_len, baseline.config.vocab_size, device)
-    result = compare_models(
-        baseline, power, inputs, repeats=args.repeats, warmup=args.warmup, measure_memory=not args.no_memory
-    )
+    with background_load(args.background_load):
+        result = compare_models(
+            baseline, power, inputs, repeats=args.repeats, warmup=args.warmup, measure_memory=not args.no_memory
+        )
     report = {
         "model": args.model or args.config,
         "batch": args.batch,
@@ -293,6 +395,8 @@ def run(args: argparse.Namespace) -> int:
         **asdict(result),
         "flop_ratio": flop_ratio(baseline, args.batch, args.seq_len, retention),
         "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "background_load": args.background_load,
         **environment(device),
     }
     if args.json:
@@ -307,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{report['model']}  batch {args.batch}  seq-len {args.seq_len}  {args.dtype}  on {report['device_name']} "
         f"({report['device']}), torch {report['torch']}\n"
+        f"threads {report['threads']}, background load {args.background_load} busy processes\n"
         f"kept per layer: {report['kept_per_layer']}\n"
         f"HF SDPA     median {result.baseline_ms:9.2f} ms\n"
         f"PoWER-BERT  median {result.power_ms:9.2f} ms\n"

@@ -282,12 +282,10 @@ def test_select_gather_public_op_with_ext_backend(device, dtype):
     assert_select_gather_equal(got, select_gather_ref(hidden, sig, mask, 30))
 
 
-def test_cpu_dispatch_picks_ext_for_select_gather_only():
+def test_cpu_dispatch_picks_ext_for_both_ops():
     cpu = ops.CallFacts(torch.device("cpu"), torch.float32)
     assert ops.resolve("select_gather", cpu) == "ext"
-    assert ops.resolve("attention_with_significance", cpu) == "torch"
-    reasons = ops.explain("attention_with_significance", cpu)["ext"]
-    assert reasons and "measured" in reasons[0]
+    assert ops.resolve("attention_with_significance", cpu) == "ext"
 
 
 def test_available_backends_lists_ext():

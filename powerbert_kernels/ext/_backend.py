@@ -2,16 +2,21 @@
 
 - ``select_gather``: the C++ / CUDA select-and-gather kernel (no sort: O(N) selection per row on the
   CPU, a rank count per position on the GPU, then a copy of the kept rows).
-- ``attention_with_significance``: attention computed with PyTorch as the reference does (fp32 scores,
-  softmax and probs @ v, block by block over query rows with the reference's memory bound), with the
-  significance of each block of probabilities from ``powerbert::significance_from_probs`` (one read of
-  the block, no vote matrix, the diagonal left out in the same pass). This is what a GPU without fused
+- ``attention_with_significance``: on the CPU, the fused C++ kernel ``powerbert::attention_significance_cpu``
+  (one parallel region per call; per task of (batch row, head, block of query rows) two BLAS GEMMs and
+  the softmax and significance votes of the block in between, reading the projections' strided q/k/v
+  in place). On CUDA, attention computed with PyTorch as the reference does (fp32 scores, softmax and
+  probs @ v, block by block over query rows with the reference's memory bound), with the significance
+  of each block of probabilities from ``powerbert::significance_from_probs``: what a GPU without fused
   Triton attention (before Volta) runs.
 
 Where it is picked automatically: on CUDA whenever the kernels were built for the GPU (after Triton in
-the dispatch order, so on GPUs Triton cannot serve); on the CPU only where it measured at least as
-fast as the reference with no more memory (benchmarks/results/ext_cpu.md): select-and-gather yes,
-attention no.
+the dispatch order, so on GPUs Triton cannot serve); on the CPU for both ops. Select-and-gather measured
+4-10x faster than the reference (benchmarks/results/ext_cpu.md). The fused attention does the
+reference's GEMMs and softmax with none of its per-call work around them: no fp32 layout copies of q, k
+and v, no bias tensor, one parallel region per call instead of four per block of query rows (each a
+wake-up and a barrier that waits for the slowest thread), and dynamic task assignment, so a thread
+descheduled by another process holds the call up by one task only.
 """
 
 from __future__ import annotations
@@ -23,12 +28,6 @@ import torch
 from ..ops import _dispatch
 from ..ops._checks import FLOAT_DTYPES
 
-CPU_ATTENTION_NOT_AUTOMATIC = (
-    "on the CPU the extension runs the same PyTorch attention as the reference and only replaces its column "
-    "sums: measured within a few percent of the reference, no consistent gain (benchmarks/results/ext_cpu.md), "
-    "so it runs only when forced"
-)
-
 
 def attention_with_significance_ext(
     q: torch.Tensor,
@@ -38,7 +37,8 @@ def attention_with_significance_ext(
     scale: float,
     exclude_self: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention with significance: PyTorch attention, significance from the extension.
+    """Attention with significance: the fused C++ kernel on the CPU; on CUDA PyTorch attention with the
+    extension's significance.
 
     Args:
         q, k, v: (B, N, H, d) float, last dimension contiguous.
@@ -49,6 +49,8 @@ def attention_with_significance_ext(
     Returns:
         out (B, N, H*d) in the dtype of ``q``; significance (B, N) float32.
     """
+    if q.device.type == "cpu":
+        return torch.ops.powerbert.attention_significance_cpu(q, k, v, key_padding_mask, scale, exclude_self)
     from ..ops.attention import blocked_attention
 
     mask = key_padding_mask.contiguous()
@@ -101,10 +103,6 @@ def _unsupported(facts: _dispatch.CallFacts) -> list[str]:
     return reasons
 
 
-def _attention_not_automatic(facts: _dispatch.CallFacts) -> list[str]:
-    return [CPU_ATTENTION_NOT_AUTOMATIC] if facts.device.type == "cpu" else []
-
-
 def _always_automatic(facts: _dispatch.CallFacts) -> list[str]:
     return []
 
@@ -112,6 +110,6 @@ def _always_automatic(facts: _dispatch.CallFacts) -> list[str]:
 def register() -> None:
     """Register the ``ext`` implementations with the dispatcher."""
     _dispatch.register(
-        "attention_with_significance", "ext", attention_with_significance_ext, _unsupported, _attention_not_automatic
+        "attention_with_significance", "ext", attention_with_significance_ext, _unsupported, _always_automatic
     )
     _dispatch.register("select_gather", "ext", select_gather_ext, _unsupported, _always_automatic)

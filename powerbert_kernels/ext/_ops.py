@@ -32,6 +32,15 @@ def _select_gather_ext_fake(
     )
 
 
+@torch.library.register_fake("powerbert::attention_significance_cpu")
+def _attention_significance_cpu_fake(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, exclude_self: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    torch._check(q.dim() == 4, lambda: f"q must have shape (B, N, H, d), got {tuple(q.shape)}")
+    B, N, H, d = q.shape
+    return q.new_empty(B, N, H * d), q.new_empty(B, N, dtype=torch.float32)
+
+
 # Significance is a masked sum of probabilities, so its gradient is the incoming gradient broadcast
 # back over heads and voting rows (the diagonal left out when exclude_self).
 def _significance_setup_context(ctx, inputs, output) -> None:
