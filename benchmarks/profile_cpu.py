@@ -28,6 +28,7 @@ import torch
 from powerbert_kernels.benchmarking import (
     CONFIGS,
     MAX_BACKGROUND_LOAD,
+    _quiet_native_stderr,
     background_load,
     environment,
     random_inputs,
@@ -71,7 +72,7 @@ def op_table(model: torch.nn.Module, inputs: dict, forwards: int, top: int) -> t
 
     with torch.inference_mode():
         model(**inputs)  # warm-up outside the profile
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(forwards):
                 model(**inputs)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
