@@ -36,10 +36,27 @@
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc) __attribute__((weak));
+// MKL's per-thread thread count, C interface (returns the previous one; 0 = the global setting). Set to 1 around the
+// tasks: inside an OpenMP region MKL runs sequentially anyway, but a call small enough to stay on the
+// calling thread is outside one, and its small GEMMs must not wake MKL's threads either.
+extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 
 namespace powerbert {
 
 namespace {
+
+// While alive, this thread's BLAS calls run sequentially (where the BLAS is MKL).
+struct SequentialBlas {
+  int previous = 0;
+  SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
+  }
+  SequentialBlas(const SequentialBlas&) = delete;
+  SequentialBlas& operator=(const SequentialBlas&) = delete;
+};
 
 // Row-major C (m, n) = alpha * A (m, k) @ B (k, n), or @ B^T when B is given as (n, k) (b_transposed);
 // each matrix with its own row stride. Called from inside the parallel region: BLAS runs sequentially
@@ -122,6 +139,7 @@ void attention_tasks(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   std::atomic<int64_t> next{0};
 
   at::parallel_for(0, slots, 1, [&](int64_t slot_begin, int64_t) {
+    const SequentialBlas sequential;
     float* scores = scratch_ptr + slot_begin * scratch_floats;
     float* bias = scores + R * N;
     float* k32 = bias + N;
