@@ -36,9 +36,9 @@
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc) __attribute__((weak));
-// MKL's per-thread thread count, C interface (returns the previous one; 0 = the global setting). Set to 1 around the
-// tasks: inside an OpenMP region MKL runs sequentially anyway, but a call small enough to stay on the
-// calling thread is outside one, and its small GEMMs must not wake MKL's threads either.
+// MKL's per-thread thread count, C interface (returns the previous one; 0 = the global setting). Set to
+// 1 around the tasks: inside an OpenMP region MKL runs sequentially anyway, but a call small enough to
+// stay on the calling thread is outside one, and its small GEMMs must not wake MKL's threads either.
 extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 
 namespace powerbert {
