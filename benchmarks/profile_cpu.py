@@ -27,39 +27,28 @@ import torch
 
 from powerbert_kernels.benchmarking import (
     CONFIGS,
-    MAX_BACKGROUND_LOAD,
     _quiet_native_stderr,
     background_load,
+    background_load_count,
     environment,
     random_inputs,
 )
-
-
-def _positive(text: str) -> int:
-    value = int(text) if text.lstrip("-").isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _load(text: str) -> int:
-    value = int(text) if text.lstrip("-").isdigit() else -1
-    if not 0 <= value <= MAX_BACKGROUND_LOAD:
-        raise argparse.ArgumentTypeError(f"expected 0 to {MAX_BACKGROUND_LOAD} busy processes, got {text!r}")
-    return value
+from powerbert_kernels.cli_args import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="profile_cpu.py", description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="bert-base")
-    parser.add_argument("--batch", type=_positive, default=16)
-    parser.add_argument("--seq-len", type=_positive, default=128)
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--seq-len", type=positive_int, default=128)
     parser.add_argument("--retention", help="comma-separated counts or fractions, one per layer (required)")
-    parser.add_argument("--threads", type=_positive, help="intra-op threads (default: PyTorch's)")
-    parser.add_argument("--background-load", type=_load, default=0, metavar="K", help="K busy processes meanwhile")
+    parser.add_argument("--threads", type=positive_int, help="intra-op threads (default: PyTorch's)")
+    parser.add_argument(
+        "--background-load", type=background_load_count, default=0, metavar="K", help="K busy processes meanwhile"
+    )
     parser.add_argument("--backend", choices=["ext", "torch"], help="force the attention/select backend")
-    parser.add_argument("--forwards", type=_positive, default=2, help="profiled forwards per model (default 2)")
-    parser.add_argument("--top", type=_positive, default=25, help="rows per table (default 25)")
+    parser.add_argument("--forwards", type=positive_int, default=2, help="profiled forwards per model (default 2)")
+    parser.add_argument("--top", type=positive_int, default=25, help="rows per table (default 25)")
     parser.add_argument("--no-stock", action="store_true", help="profile only the patched model")
     parser.add_argument("--output", type=Path, help="write the Markdown here instead of printing it")
     return parser

@@ -82,10 +82,10 @@ def test_bench_records_threads_and_load(capsys):
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("--threads", "0", "argument --threads: expected a positive number of threads, got '0'"),
-        ("--threads", "two", "argument --threads: expected a positive number of threads, got 'two'"),
-        ("--background-load", "-1", "argument --background-load: expected a number of busy processes from 0"),
-        ("--background-load", str(MAX_BACKGROUND_LOAD + 1), "argument --background-load: expected a number"),
+        ("--threads", "0", "argument --threads: expected an int >= 1, got 0"),
+        ("--threads", "two", "argument --threads: expected an int >= 1, got 'two'"),
+        ("--background-load", "-1", f"argument --background-load: expected an int from 0 to {MAX_BACKGROUND_LOAD}"),
+        ("--background-load", "x", "argument --background-load: expected an int from 0 to"),
     ],
 )
 def test_bench_refuses_bad_threads_and_load(capsys, option, value, message):

@@ -38,4 +38,4 @@ def test_profile_refuses_bad_arguments(tmp_path):
     result = run_script("--config", "minilm", "--retention", "1", "--output", str(tmp_path / "no" / "x.md"))
     assert result.returncode == 2 and "does not exist" in result.stderr
     result = run_script("--config", "minilm", "--retention", "1", "--threads", "0")
-    assert result.returncode == 2 and "argument --threads" in result.stderr
+    assert result.returncode == 2 and "argument --threads: expected an int >= 1" in result.stderr
