@@ -2,7 +2,7 @@
 //
 // No torch includes: the binding (attention_cpu.cpp) runs the GEMMs with ATen's BLAS and calls these
 // loops on one block of score rows at a time. Like cpu_kernels.h, the loops are compiled for AVX2 and
-// for the baseline and picked at load time.
+// for the baseline and picked at run time by the CPU's features.
 #pragma once
 
 #include <algorithm>
@@ -134,10 +134,10 @@ PB_INLINE void softmax_votes(float* __restrict__ scores, const float* __restrict
   }
 }
 
-PB_CPU_CLONES static void softmax_votes_rows(float* scores, const float* bias, const u8* row_real, i64 rows, i64 N,
-                                             i64 first_position, bool exclude_self, float* votes) {
-  softmax_votes(scores, bias, row_real, rows, N, first_position, exclude_self, votes);
-}
+PB_CPU_VARIANTS(softmax_votes_rows, softmax_votes,
+                (float* scores, const float* bias, const u8* row_real, i64 rows, i64 N, i64 first_position,
+                 bool exclude_self, float* votes),
+                (scores, bias, row_real, rows, N, first_position, exclude_self, votes))
 
 }  // namespace cpu
 }  // namespace powerbert
