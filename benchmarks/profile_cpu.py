@@ -31,6 +31,7 @@ from powerbert_kernels.benchmarking import (
     background_load,
     background_load_count,
     environment,
+    load_models,
     random_inputs,
 )
 from powerbert_kernels.cli_args import positive_int
@@ -89,21 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    import copy
-
-    from transformers import BertConfig, BertForSequenceClassification
-
     from powerbert_kernels.models import apply_power_bert, keep_counts, parse_retention
 
-    config = BertConfig(**CONFIGS[args.config], num_labels=2, attn_implementation="sdpa")
-    torch.manual_seed(0)
-    stock = BertForSequenceClassification(config).eval()
+    args.model = None  # load_models reads --model or --config; this script builds random-weight models only
+    stock, power = load_models(args, torch.device("cpu"), torch.float32)
     try:
         retention = parse_retention(args.retention)
-        power = apply_power_bert(copy.deepcopy(stock), retention)
+        apply_power_bert(power, retention)
     except ValueError as exc:
         parser.error(f"--retention: {exc}")
-    inputs = random_inputs(args.batch, args.seq_len, config.vocab_size, torch.device("cpu"))
+    inputs = random_inputs(args.batch, args.seq_len, stock.config.vocab_size, torch.device("cpu"))
 
     sections = []
     with background_load(args.background_load):
