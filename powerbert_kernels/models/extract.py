@@ -9,6 +9,19 @@ from .. import ops
 from .retention import layer_keep
 
 
+def traced() -> bool:
+    """Whether the forward is being traced by ``torch.compile`` or ``torch.export``.
+
+    Eager layers that keep everything skip the significance and the selection. A traced layer always
+    selects, ``min(l_j, n)`` of its ``n`` vectors (the whole set, in order, when nothing is dropped):
+    "does this layer drop anything" is a comparison of sizes, and branching on it would give one graph
+    per regime of the padded length. In a batch where no layer drops anything, a traced model then
+    differs from the eager one only for left-padded rows, which come out right-padded (CLS first), as
+    they do after any dropping layer.
+    """
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 class Extract(nn.Module):
     """Base class of the modules a patched encoder layer calls at the extract position.
 
@@ -42,7 +55,7 @@ class HardExtract(Extract):
         return layer_keep(self.retention, received, padded_length)
 
     def needs_significance(self, received: int, padded_length: int) -> bool:
-        return self.keep(received, padded_length) < received
+        return traced() or self.keep(received, padded_length) < received
 
     def forward(
         self,
@@ -53,6 +66,6 @@ class HardExtract(Extract):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         received = hidden.shape[1]
         keep = self.keep(received, padded_length)
-        if keep >= received:
+        if not traced() and keep >= received:
             return hidden, mask, None
         return ops.select_gather(hidden, significance, mask, keep)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+
 Retention = Sequence[int] | Sequence[float]
 
 CONFIG_KEY = "power_bert_retention"
@@ -66,10 +68,15 @@ def validate_retention(retention: Retention, num_layers: int, max_positions: int
 
 
 def layer_keep(entry: int | float, received: int, padded_length: int) -> int:
-    """How many of ``received`` vectors a layer with retention ``entry`` keeps for padded length N."""
+    """How many of ``received`` vectors a layer with retention ``entry`` keeps for padded length N.
+
+    ``received`` and ``padded_length`` may be symbolic sizes (``torch.SymInt`` under ``torch.compile``
+    or ``torch.export``): a count entry then gives the symbolic ``min(entry, received)``, which adds no
+    guard on the sizes. A fraction entry rounds ``entry * N`` up, which specialises on N.
+    """
     if isinstance(entry, float):
         entry = max(1, math.ceil(entry * padded_length - 1e-9))
-    return min(int(entry), received)
+    return torch.sym_min(int(entry), received)
 
 
 def keep_counts(retention: Retention, padded_length: int) -> list[int]:

@@ -135,7 +135,8 @@ def select_gather(
         significance: (B, N) float (computed in float32), e.g. from
             :func:`~powerbert_kernels.ops.attention_with_significance`.
         mask: (B, N) bool, True = real token.
-        keep: vectors to keep per row, 1 <= keep <= N.
+        keep: vectors to keep per row, 1 <= keep <= N (an int, or a ``torch.SymInt`` under
+            ``torch.compile``/``torch.export``).
         backend: ``"triton"``, ``"ext"``, ``"torch"`` or ``None`` (``POWERBERT_BACKEND``, else the
             fastest that can run).
 
@@ -150,17 +151,22 @@ def select_gather(
     B, N, D = hidden.shape
     if N < 1 or D < 1:
         raise ValueError(f"hidden must have N and D of at least 1, got shape {tuple(hidden.shape)}")
-    significance = check_tensor("significance", significance, 2, f"(B, N) = ({B}, {N})")
+    significance = check_tensor("significance", significance, 2, lambda: f"(B, N) = ({B}, {N})")
     if tuple(significance.shape) != (B, N):
         raise ValueError(f"significance must have shape (B, N) = ({B}, {N}), got {tuple(significance.shape)}")
     if not significance.is_floating_point():
         raise TypeError(f"significance must be a float tensor, got {significance.dtype}")
     check_same_device("significance", significance, hidden.device)
     check_mask("mask", mask, B, N, hidden.device)
-    if isinstance(keep, bool) or not isinstance(keep, int):
+    if isinstance(keep, bool) or not isinstance(keep, (int, torch.SymInt)):
         raise TypeError(f"keep must be an int, got {type(keep).__name__}")
-    if not 1 <= keep <= N:
-        raise ValueError(f"keep must be between 1 and N={N}, got {keep}")
+    if isinstance(keep, int) and isinstance(N, int):
+        if not 1 <= keep <= N:
+            raise ValueError(f"keep must be between 1 and N={N}, got {keep}")
+    else:
+        # Symbolic sizes (torch.compile, torch.export): a runtime assertion, not a guard on the sizes.
+        torch._check(keep >= 1, lambda: f"keep must be at least 1, got {keep}")
+        torch._check(keep <= N, lambda: f"keep must be at most N={N}, got {keep}")
     facts = _dispatch.CallFacts(hidden.device, hidden.dtype, {"hidden_size": D, "seq_len": N})
     name = _dispatch.resolve(OP, facts, backend)
     return torch.ops.powerbert.select_gather(hidden, significance.float().contiguous(), mask.contiguous(), keep, name)
