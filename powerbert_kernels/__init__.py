@@ -11,6 +11,7 @@ Quick start::
 """
 
 from . import ops
+from .export import ExportError, export_onnx, export_program, verify_onnx
 from .ext import available_backends, backend_report
 from .models import (
     PowerBertModelOutput,
@@ -27,14 +28,18 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "ExportError",
     "PowerBertModelOutput",
     "__version__",
     "apply_power_bert",
     "available_backends",
     "backend_report",
+    "export_onnx",
+    "export_program",
     "flop_ratio",
     "is_patched",
     "model_flops",
     "ops",
     "remove_power_bert",
+    "verify_onnx",
 ]
