@@ -55,8 +55,8 @@ def _check_exportable(model: nn.Module, *, require_patched: bool) -> None:
     if base is None:
         if require_patched:
             raise ValueError(
-                "model: it is not patched with apply_power_bert; patch it first (a stock model exports "
-                "with torch.onnx.export directly)"
+                "model: it is not patched with apply_power_bert; patch it first (or pass allow_unpatched=True "
+                "to export the stock model the same way, as a baseline)"
             )
         adapter_for(model)
     else:
@@ -94,7 +94,9 @@ def _is_bare(model: nn.Module) -> bool:
     return adapter.base_model(model) is model
 
 
-def _output_names(model: nn.Module) -> list[str]:
+def output_names(model: nn.Module) -> list[str]:
+    """The outputs of the exported model: ``logits`` for a task head, else ``last_hidden_state`` (and
+    ``kept_indices`` when patched)."""
     if not _is_bare(model):
         return ["logits"]
     return ["last_hidden_state", "kept_indices"] if is_patched(model) else ["last_hidden_state"]
@@ -107,7 +109,7 @@ class _ExportInterface(nn.Module):
         super().__init__()
         self.model = model
         self.input_names = _input_names(model)
-        self.output_names = _output_names(model)
+        self.output_names = output_names(model)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
@@ -239,7 +241,7 @@ def _write_onnx(model: nn.Module, path: Path, opset: int) -> None:
         dynamo=True,
         opset_version=opset,
         input_names=interface_inputs,
-        output_names=_output_names(model),
+        output_names=output_names(model),
         verbose=False,
     )
     # One self-contained file (protobuf's 2 GiB limit holds up to BERT-large), so that the rename into
@@ -335,6 +337,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
     atol: float = VERIFY_ATOL,
+    allow_unpatched: bool = False,
 ) -> Path:
     """Write a PoWER-BERT model as an ONNX file of standard operators, with dynamic batch and sequence.
 
@@ -348,6 +351,9 @@ def export_onnx(
         model: a model patched by :func:`~powerbert_kernels.apply_power_bert` with int retention.
         path: the ONNX file to write (replaced if it exists).
         opset: the ONNX opset (18 or newer).
+        verify: compare ONNX Runtime with PyTorch before the file is written.
+        atol: the largest absolute difference ``verify`` accepts.
+        allow_unpatched: export a stock model the same way (for a like-for-like baseline).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -357,7 +363,7 @@ def export_onnx(
         that does not export, or a failed check. ImportError: the ``[onnx]`` extra is missing.
     """
     _require_onnx()
-    _check_exportable(model, require_patched=True)
+    _check_exportable(model, require_patched=not allow_unpatched)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < DEFAULT_OPSET:
         raise ValueError(f"opset must be an int >= {DEFAULT_OPSET}, got {opset!r}")
     path = Path(path)
