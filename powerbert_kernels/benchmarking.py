@@ -215,7 +215,11 @@ def runtime_callables(
     for name, model in (("baseline", baseline), ("power", power)):
         path = export_onnx(model, os.path.join(workdir, f"{name}.onnx"), allow_unpatched=True)
         session = onnx_session(path, threads=threads)
-        feed = {i.name: inputs[i.name].cpu().numpy() for i in session.get_inputs()}
+        # token_type_ids default to zeros in PyTorch; the exported graph takes them as an input.
+        feed = {
+            i.name: (inputs[i.name] if i.name in inputs else torch.zeros_like(inputs["input_ids"])).cpu().numpy()
+            for i in session.get_inputs()
+        }
         calls[name] = lambda session=session, feed=feed: session.run(None, feed)
     return calls
 
@@ -450,10 +454,10 @@ def _run_runtime(args, baseline, power, inputs, retention, device) -> int:
         f"{report['model']}  batch {args.batch}  seq-len {args.seq_len}  {args.dtype}  on {report['device_name']} "
         f"({report['device']}), torch {report['torch']}, {threads} threads\n"
         f"kept per layer: {report['kept_per_layer']}\n"
-        f"{label:14s} stock       median {result.baseline_ms:9.2f} ms\n"
-        f"{label:14s} PoWER-BERT  median {result.power_ms:9.2f} ms\n"
-        f"PyTorch eager  stock (SDPA) median {result.eager_baseline_ms:9.2f} ms\n"
-        f"PyTorch eager  PoWER-BERT  median {result.eager_power_ms:9.2f} ms\n"
+        f"{label + ' stock':30s} median {result.baseline_ms:9.2f} ms\n"
+        f"{label + ' PoWER-BERT':30s} median {result.power_ms:9.2f} ms\n"
+        f"{'PyTorch eager stock (SDPA)':30s} median {result.eager_baseline_ms:9.2f} ms\n"
+        f"{'PyTorch eager PoWER-BERT':30s} median {result.eager_power_ms:9.2f} ms\n"
         f"speed-up under {label}: {result.speedup:.2f}x measured   {report['flop_ratio']:.2f}x FLOP ratio   "
         f"({result.speedup / report['flop_ratio']:.2f} of ideal; {args.repeats} interleaved repeats)\n"
         f"PoWER-BERT under {label} vs stock PyTorch SDPA: {result.speedup_vs_eager_sdpa:.2f}x   "
