@@ -54,10 +54,11 @@ def _load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from .export import ExportError, export_onnx, output_names
 
+    model = _load(args)
     try:
-        model = _load(args)
         path = export_onnx(model, args.output, opset=args.opset, verify=not args.no_verify)
-    except (ValueError, TypeError, ImportError, FileNotFoundError, OSError, ExportError) as e:
+    except ExportError as e:
+        # A configuration that does not export, or a failed check: the user's to fix, not a crash.
         print(f"powerbert export: error: {e}", file=sys.stderr)
         return 2
     outputs = ", ".join(output_names(model))

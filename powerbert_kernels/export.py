@@ -45,7 +45,9 @@ def _require_onnx() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ImportError(f"ONNX export needs {', '.join(missing)} (the [onnx] extra): {ONNX_EXTRA_HINT}")
+        raise ModuleNotFoundError(
+            f"ONNX export needs {', '.join(missing)} (the [onnx] extra): {ONNX_EXTRA_HINT}", name=missing[0]
+        )
 
 
 def _check_exportable(model: nn.Module, *, require_patched: bool) -> None:
