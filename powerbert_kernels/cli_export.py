@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli_args import load_error, positive_int, retention_list
+
 HELP = "export a PoWER-BERT model to ONNX (standard operators, dynamic batch and sequence, checked in ONNX Runtime)"
 
 
@@ -17,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="the ONNX file to write (written only once it checked)")
     parser.add_argument(
         "--retention",
+        type=retention_list,
         help="comma-separated counts, one per layer (default: the configuration stored in the model)",
     )
     parser.add_argument(
@@ -24,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="export the bare encoder (outputs last_hidden_state, kept_indices) instead of the classifier (logits)",
     )
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default: 18)")
+    parser.add_argument("--opset", type=positive_int, default=18, help="ONNX opset, 18 or newer (default: 18)")
     parser.add_argument(
         "--no-verify", action="store_true", help="skip the comparison of ONNX Runtime with PyTorch before writing"
     )
@@ -35,13 +38,16 @@ def _load(args: argparse.Namespace):
 
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    from .models import apply_power_bert, parse_retention
+    from .models import apply_power_bert
     from .models.retention import CONFIG_KEY
 
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"--model: {args.model!r} is not a model folder")
-    config = AutoConfig.from_pretrained(args.model)
-    retention = parse_retention(args.retention) if args.retention else getattr(config, CONFIG_KEY, None)
+    try:
+        config = AutoConfig.from_pretrained(args.model)
+    except (OSError, ValueError) as e:
+        raise load_error("--model", args.model, e) from None
+    retention = args.retention or getattr(config, CONFIG_KEY, None)
     if retention is None:
         raise ValueError(f"--model: {args.model} stores no PoWER-BERT configuration ({CONFIG_KEY}); pass --retention")
     architectures = getattr(config, "architectures", None) or []

@@ -286,5 +286,7 @@ def test_bench_onnxruntime_reports_both_ratios(capsys):
 
 
 def test_bench_refuses_bad_threads(capsys):
-    assert main(["bench", "--config", "minilm", "--threads", "0"]) == 2
-    assert "powerbert bench: error: --threads" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--config", "minilm", "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "--threads" in capsys.readouterr().err
