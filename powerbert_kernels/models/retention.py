@@ -71,8 +71,8 @@ def layer_keep(entry: int | float, received: int, padded_length: int) -> int:
     """How many of ``received`` vectors a layer with retention ``entry`` keeps for padded length N.
 
     ``received`` and ``padded_length`` may be symbolic sizes (``torch.SymInt`` under ``torch.compile``
-    or ``torch.export``): a count entry then gives the symbolic ``min(entry, received)``, which adds no
-    guard on the sizes. A fraction entry rounds ``entry * N`` up, which specialises on N.
+    or ``torch.export``): the count is then the symbolic ``min(entry, received)`` (for a fraction, of
+    ``ceil(entry * N)``), which adds no guard on the sizes.
     """
     if isinstance(entry, float):
         entry = max(1, math.ceil(entry * padded_length - 1e-9))
