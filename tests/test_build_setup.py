@@ -135,3 +135,21 @@ def test_missing_headers_are_named_with_what_provides_them(setup_module, tmp_pat
     assert str(cuda_home) in message and f"CUDA {major}" in message
     assert ", ".join(expected) in message
     assert f"pip install {wheels}" in message and "CPATH" in message
+
+
+def test_build_setuptools_pin_is_the_same_everywhere():
+    """pyproject's [build-system], the Makefile and the README's manual install pin one setuptools range,
+    which admits no release PyTorch 2.11 refuses (82 and newer)."""
+    from packaging.requirements import Requirement
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    pin = next(r for r in build if Requirement(r).name == "setuptools")
+    specifier = Requirement(pin).specifier
+    assert not specifier.contains("82.0.0") and specifier.contains("81.0.0") and not specifier.contains("76.1.0")
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"SETUPTOOLS ?= {pin}" in makefile and '"$(SETUPTOOLS)"' in makefile
+    assert f'"{pin}"' in (ROOT / "README.md").read_text()
