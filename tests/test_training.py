@@ -195,6 +195,19 @@ def task(tmp_path):
     return synthetic_task(tmp_path)
 
 
+@pytest.fixture
+def train_command():
+    """`powerbert train` imports accelerate (its process state) before it reads its arguments."""
+    pytest.importorskip("accelerate")
+
+
+@pytest.fixture
+def training_stack():
+    """Training itself: ``datasets`` holds the tokenized data, ``Trainer`` needs accelerate."""
+    pytest.importorskip("datasets")
+    pytest.importorskip("accelerate")
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -207,7 +220,7 @@ def task(tmp_path):
         (["--metric", "mcc", "--from-finetuned", "--from-searched"], "alternatives"),
     ],
 )
-def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, capsys):
+def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, capsys, train_command):
     out = tmp_path / "out"
     args = [
         "train",
@@ -226,7 +239,7 @@ def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, c
     assert not out.exists()  # nothing was trained or written
 
 
-def test_cli_refuses_unknown_labels_and_empty_files(task, tmp_path):
+def test_cli_refuses_unknown_labels_and_empty_files(task, tmp_path, train_command):
     dev = write_tsv(tmp_path / "dev_bad.tsv", [("w1 pos", "yes"), ("w2 neg", "perhaps")])
     with pytest.raises(SystemExit, match="labels not seen in the training data: \\['perhaps'\\]"):
         main(
@@ -287,7 +300,7 @@ def test_select_run_prefers_fastest_within_the_allowed_drop():
 # ---------------------------------------------------------------------------------------------- the search trainer
 
 
-def test_search_trainer_gives_r_its_own_group_and_clips(task, tmp_path, one_thread):
+def test_search_trainer_gives_r_its_own_group_and_clips(task, tmp_path, one_thread, training_stack):
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     from powerbert_kernels.training.data import tokenize
@@ -354,7 +367,7 @@ def kept_markers(model_dir: str, dev: str) -> list[tuple[int, float]]:
     return result
 
 
-def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread):
+def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread, training_stack):
     out = tmp_path / "run"
     common = [
         "--train-file",
