@@ -230,3 +230,24 @@ def test_ext_targets_section_runs_its_code_path(sweep_on_cpu):
     assert all(isinstance(r["met"], bool) for r in rows[:2]) and rows[2]["met"] is None
     assert "of copy" in rows[0]["value"] and "SDPA" in rows[2]["value"]
     assert lines[0].startswith("| ext (fp16) |")
+
+
+def test_preflight_plan_names_the_gpu_images_versions(tmp_path):
+    done = run_script(PREFLIGHT, "--dry-run", "--venv", str(tmp_path / "venv"))
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "venv").exists(), "a dry run creates nothing"
+    plan = dict(line.strip().split(":", 1) for line in done.stdout.splitlines()[1:])
+    assert "torch==2.11.0" in plan["torch"] and "cu130" in plan["torch"]
+    assert "triton==3.6.0" in plan["packages"] and "transformers==5.17.0" in plan["packages"]
+    makefile_pin = re.search(r"^SETUPTOOLS \?= (.+)$", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
+    assert f'"{makefile_pin}"' in plan["packages"]
+    assert "datasets" not in plan["packages"]  # absent on the GPU image: its tests must skip
+    assert 'TORCH_CUDA_ARCH_LIST="8.0;9.0"' in plan["build"] and "POWERBERT_EXT_REQUIRED=1" in plan["build"]
+    assert "run_gpu.sh --dry-run" in plan["plan"]
+
+
+def test_preflight_refuses_bad_arguments():
+    done = run_script(PREFLIGHT, "--venv")
+    assert done.returncode == 2 and "--venv needs a folder" in done.stderr
+    done = run_script(PREFLIGHT, "--download-everything")
+    assert done.returncode == 2 and "unknown argument" in done.stderr
