@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 
 import numpy as np
@@ -23,7 +24,7 @@ from powerbert_kernels.models.soft_extract import SoftExtract, soft_extracts
 from powerbert_kernels.training import SoftExtractTrainer, TrainConfig, select_run
 from powerbert_kernels.training.data import build_label_mapping, load_local, read_table
 from powerbert_kernels.training.metrics import accuracy, all_metrics, f1_score, matthews_corrcoef
-from powerbert_kernels.training.pipeline import Pipeline
+from powerbert_kernels.training.pipeline import Pipeline, derive_soft_lr, mass_settled
 
 MARKERS = ("pos", "neg")
 FILLERS = tuple(f"w{i}" for i in range(40))
@@ -164,7 +165,7 @@ def test_load_local_maps_string_labels_and_checks_eval_labels(tmp_path):
         ("sentence\tlabel\n", "no data rows"),
         ("text\tlabel\nhello\t1\n", "no column 'sentence'.*--text-column.*available columns: text, label"),
         ("sentence\tgold\nhello\t1\n", "no column 'label'.*--label-column"),
-        ("sentence\tlabel\nhello\t1\textra\n", "row 2 has 3 fields"),
+        ("sentence\tlabel\nhello\t1\textra\n", "line 2 has 3 fields"),
     ],
 )
 def test_bad_files_are_refused_with_the_argument_named(tmp_path, content, message):
@@ -197,7 +198,7 @@ def task(tmp_path):
 
 @pytest.fixture
 def train_command():
-    """`powerbert train` imports accelerate (its process state) before it reads its arguments."""
+    """`powerbert train` loads accelerate (its process state) before it reads the data and the model."""
     pytest.importorskip("accelerate")
 
 
@@ -208,19 +209,30 @@ def training_stack():
     pytest.importorskip("accelerate")
 
 
+def cli_error(argv: list[str], capsys) -> str:
+    """Run the command expecting a user error: exit status 2 and one clean line on stderr."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"powerbert {argv[0]}: error: ") and "Traceback" not in err, err
+    return err
+
+
 @pytest.mark.parametrize(
-    "extra, message",
+    "extra, message, reads_data",
     [
-        (["--lambda", "-0.001"], "--lambda must be >= 0"),
-        (["--max-length", "1"], "--max-length must be an int >= 2"),
-        (["--max-length", "100"], "exceeds the model's maximum positions"),
-        (["--text-column", "text"], "no column 'text'"),
-        (["--label-column", "gold"], "no column 'gold'"),
-        (["--lr", "0"], "--lr must be a positive number"),
-        (["--metric", "mcc", "--from-finetuned", "--from-searched"], "alternatives"),
+        (["--lambda", "-0.001"], "--lambda must be >= 0", False),
+        (["--max-length", "1"], "--max-length must be an int >= 2", False),
+        (["--max-length", "100"], "exceeds the model's maximum positions", True),
+        (["--text-column", "text"], "no column 'text'", True),
+        (["--label-column", "gold"], "no column 'gold'", True),
+        (["--lr", "0"], "--lr must be a positive number", False),
+        (["--metric", "mcc", "--from-finetuned", "--from-searched"], "alternatives", False),
     ],
 )
-def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, capsys, train_command):
+def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, reads_data, capsys):
+    if reads_data:  # options are checked at once; the data and the model after accelerate has loaded
+        pytest.importorskip("accelerate")
     out = tmp_path / "out"
     args = [
         "train",
@@ -234,43 +246,29 @@ def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, c
         str(out),
         *extra,
     ]
-    with pytest.raises(SystemExit, match=message):
-        main(args)
+    assert re.search(message, cli_error(args, capsys))
     assert not out.exists()  # nothing was trained or written
 
 
-def test_cli_refuses_unknown_labels_and_empty_files(task, tmp_path, train_command):
+def test_cli_refuses_unknown_labels_and_empty_files(task, tmp_path, capsys, train_command):
     dev = write_tsv(tmp_path / "dev_bad.tsv", [("w1 pos", "yes"), ("w2 neg", "perhaps")])
-    with pytest.raises(SystemExit, match="labels not seen in the training data: \\['perhaps'\\]"):
-        main(
-            [
-                "train",
-                "--model",
-                task["model"],
-                "--train-file",
-                task["train"],
-                "--eval-file",
-                dev,
-                "--output-dir",
-                str(tmp_path / "out"),
-            ]
-        )
+    out = str(tmp_path / "out")
+    argv = ["train", "--model", task["model"], "--train-file", task["train"], "--eval-file", dev, "--output-dir", out]
+    assert "labels not seen in the training data: ['perhaps']" in cli_error(argv, capsys)
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(SystemExit, match="--train-file: .*empty"):
-        main(
-            [
-                "train",
-                "--model",
-                task["model"],
-                "--train-file",
-                str(empty),
-                "--eval-file",
-                task["dev"],
-                "--output-dir",
-                str(tmp_path / "out"),
-            ]
-        )
+    argv = [
+        "train",
+        "--model",
+        task["model"],
+        "--train-file",
+        str(empty),
+        "--eval-file",
+        task["dev"],
+        "--output-dir",
+        out,
+    ]
+    assert re.search("--train-file: .*empty", cli_error(argv, capsys))
 
 
 def test_config_validation_names_the_argument(task, tmp_path):
@@ -343,6 +341,24 @@ def test_search_trainer_gives_r_its_own_group_and_clips(task, tmp_path, one_thre
     assert logged and all(f"mass_{j}" in logged[0] for j in range(1, 5))
 
 
+def test_soft_lr_follows_the_search_length():
+    # Reach = peak rate x steps / 2 under the warm-up/decay schedule: 3 range-widths whatever the size.
+    for steps in (20, 113, 650, 5000):
+        assert derive_soft_lr(steps) * steps / 2 == pytest.approx(3.0)
+    assert derive_soft_lr(650) == pytest.approx(9.23e-3, rel=1e-3)
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        derive_soft_lr(0)
+
+
+def test_mass_settled_reads_the_last_tenth_of_the_steps():
+    moving = {step: [64.0 - 0.2 * step, 30.0] for step in range(1, 101)}
+    assert mass_settled(moving, 100) == (False, pytest.approx(0.2 * 10))
+    still = {**moving, **{step: [44.0, 30.0] for step in range(85, 101)}}
+    assert mass_settled(still, 100) == (True, 0.0)
+    # A late resume records only the end: unknown, not settled.
+    assert mass_settled({100: [1.0, 1.0]}, 100) == (None, None)
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 
 
@@ -378,8 +394,6 @@ def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread, train
         "32",
         "--lr",
         "1e-3",
-        "--soft-lr",
-        "5e-2",
         "--batch-size",
         "32",
         "--seed",
@@ -433,6 +447,9 @@ def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread, train
     # The search dropped most of the ~20 real vectors: at most the CLS and the three markers, and a few more.
     assert retention[0] <= 8 and retention[-1] <= 4
     assert report["flop_ratio"] >= 3.0
+    # The default learning rate of r follows the search's length (113 steps here): the search converged.
+    assert report["search_settled"] is True
+    assert report["soft_lr"] == pytest.approx(derive_soft_lr(3 * 38))
     assert report["speedup"] > 0
     assert (out / "retention.png").stat().st_size > 0
 
@@ -528,11 +545,12 @@ def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread, train
     assert (sweep / "tradeoff.png").stat().st_size > 0
 
 
-def test_eval_cli_refuses_a_model_without_configuration(task, tmp_path):
-    with pytest.raises(SystemExit, match="stores no PoWER-BERT configuration"):
-        main(["eval", "--model", task["model"], "--eval-file", task["dev"], "--max-length", "32"])
-    with pytest.raises(SystemExit, match="--eval-file or --glue-task"):
-        main(["eval", "--model", task["model"], "--retention", "4,3,2,1"])
+def test_eval_cli_refuses_a_model_without_configuration(task, capsys):
+    argv = ["eval", "--model", task["model"], "--eval-file", task["dev"], "--max-length", "32"]
+    assert "stores no PoWER-BERT configuration" in cli_error(argv, capsys)
+    assert "--eval-file or --glue-task" in cli_error(
+        ["eval", "--model", task["model"], "--retention", "4,3,2,1"], capsys
+    )
 
 
 def test_dynamic_padding_gives_the_logits_of_fixed_padding(task):

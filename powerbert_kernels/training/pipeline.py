@@ -27,9 +27,10 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-from .data import GLUE_TASKS, TextClassificationData, has_named_labels, load_glue, load_local, tokenize
+from .config import TrainConfig, validate_config
+from .data import TextClassificationData, has_named_labels, load_glue, load_local, tokenize
 from .metrics import METRICS
 
 logger = logging.getLogger(__name__)
@@ -38,123 +39,43 @@ PHASE_FILE = "phase.json"
 REPORT_FILE = "report.json"
 
 
-@dataclass
-class TrainConfig:
-    """Everything one run of the pipeline needs (the ``powerbert train`` arguments).
+SEARCH_REACH = 3.0
+"""How far each ``r`` can travel over a search, in units of its range [0, 1] (see :func:`derive_soft_lr`)."""
+SETTLE_TAIL = 0.1
+"""The search settled when its last 10% of steps moved no layer's mass by a whole vector."""
 
-    Metric values are in points (x100). ``epochs``/``lr`` apply to every phase unless the per-phase
-    value is set.
+
+def derive_soft_lr(steps: int, reach: float = SEARCH_REACH) -> float:
+    """The learning rate of ``r`` that lets it travel ``reach`` over a search of ``steps`` optimiser steps.
+
+    Adam moves each ``r`` by about its learning rate per step whatever the gradient's size, so a fixed
+    rate bounds the search's reach by ``rate x steps``: too few steps (small data) and ``r`` cannot fall
+    to what the trade-off wants, and the search ends wherever it happened to be. Under the linear
+    warm-up/decay schedule the rate averages half its peak, so the reach is ``peak x steps / 2``; with
+    ``reach = 3``, ``r`` can cross [0, 1] within about the first third of the phase and spends the rest
+    settling. 650 steps (SST-2's 6,920 sentences, 3 epochs, batch 32) give 9.2e-3, 113 steps
+    (1,200 sentences) 5.3e-2.
     """
-
-    model: str
-    output_dir: str
-    train_file: str | None = None
-    eval_file: str | None = None
-    glue_task: str | None = None
-    text_column: str = "sentence"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    max_length: int = 64
-    lambdas: Sequence[float] = (1e-3,)
-    lr: float = 3e-5
-    soft_lr: float = 5e-3
-    epochs: float = 3.0
-    search_epochs: float | None = None
-    retrain_epochs: float | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    grad_accum: int = 1
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    seed: int = 42
-    metric: str | None = None
-    from_finetuned: bool = False
-    from_searched: bool = False
-    retention: Sequence[int] | None = None
-    baseline_model: str | None = None
-    resume: bool = False
-    max_drop: float = 1.0
-    eval_strategy: str = "epoch"
-    save_strategy: str = "epoch"
-    logging_steps: int = 50
-    keep_checkpoints: bool = False
-    bf16: bool = False
-    group_by_length: bool = False
-    bench_repeats: int = 10
-    report_to: str = "none"
-    progress: bool = True
-
-    @property
-    def metric_name(self) -> str:
-        if self.metric is not None:
-            return self.metric
-        if self.glue_task is not None:
-            return str(GLUE_TASKS[self.glue_task]["metric"])
-        return "accuracy"
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return 2.0 * reach / steps
 
 
-def validate_config(cfg: TrainConfig) -> None:
-    """Raise ``ValueError`` naming the argument for anything wrong that needs no file or model."""
+def mass_settled(history: dict[int, Sequence[float]], total_steps: int, tail: float = SETTLE_TAIL):
+    """Whether the masses had settled: ``(settled, moved)``.
 
-    def positive(name: str, value, kind=(int, float)) -> None:
-        if isinstance(value, bool) or not isinstance(value, kind) or not value > 0 or not math.isfinite(value):
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-    if cfg.glue_task is None and cfg.eval_file is None:
-        raise ValueError("data: give --eval-file (and --train-file), or --glue-task")
-    if cfg.glue_task is not None and (cfg.train_file or cfg.eval_file):
-        raise ValueError("data: --glue-task and --train-file/--eval-file are alternatives; give one")
-    if cfg.glue_task is not None and cfg.glue_task not in GLUE_TASKS:
-        raise ValueError(f"--glue-task must be one of {sorted(GLUE_TASKS)}, got {cfg.glue_task!r}")
-    if cfg.glue_task is None and cfg.train_file is None:
-        raise ValueError("--train-file: required for training (only --eval-file was given)")
-    if isinstance(cfg.max_length, bool) or not isinstance(cfg.max_length, int) or cfg.max_length < 2:
-        raise ValueError(
-            f"--max-length must be an int >= 2 (the CLS token and at least one more), got {cfg.max_length!r}"
-        )
-    lambdas = list(cfg.lambdas)
-    if not lambdas:
-        raise ValueError("--lambda: give at least one value")
-    for lam in lambdas:
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"--lambda must be >= 0 (the weight of the retention penalty), got {lam!r}")
-    if len(set(lambdas)) != len(lambdas):
-        raise ValueError(f"--lambda: values must be distinct, got {lambdas}")
-    for name, value in (("--lr", cfg.lr), ("--soft-lr", cfg.soft_lr), ("--epochs", cfg.epochs)):
-        positive(name, value)
-    for name, value in (("--search-epochs", cfg.search_epochs), ("--retrain-epochs", cfg.retrain_epochs)):
-        if value is not None:
-            positive(name, value)
-    for name, value in (
-        ("--batch-size", cfg.batch_size),
-        ("--eval-batch-size", cfg.eval_batch_size),
-        ("--grad-accum", cfg.grad_accum),
-        ("--logging-steps", cfg.logging_steps),
-        ("--bench-repeats", cfg.bench_repeats),
-    ):
-        positive(name, value, int)
-    if not 0 <= cfg.warmup < 1:
-        raise ValueError(f"--warmup must be a fraction of the steps in [0, 1), got {cfg.warmup}")
-    if cfg.weight_decay < 0:
-        raise ValueError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
-    if cfg.max_drop < 0:
-        raise ValueError(f"--max-drop must be >= 0 points, got {cfg.max_drop}")
-    if cfg.metric is not None and cfg.metric not in METRICS:
-        raise ValueError(f"--metric must be one of {list(METRICS)}, got {cfg.metric!r}")
-    if cfg.from_finetuned and cfg.from_searched:
-        raise ValueError("--from-finetuned and --from-searched are alternatives; give at most one")
-    if cfg.retention is not None and not cfg.from_searched:
-        raise ValueError("--retention: only with --from-searched (otherwise the search learns it)")
-    if cfg.from_searched and len(lambdas) > 1:
-        raise ValueError("--lambda: a sweep needs the search; --from-searched runs only the re-training")
-    if cfg.baseline_model is not None and not (cfg.from_finetuned or cfg.from_searched):
-        raise ValueError(
-            "--baseline-model: only with --from-finetuned/--from-searched (otherwise phase 1 is the baseline)"
-        )
-    if cfg.eval_strategy not in ("epoch", "no"):
-        raise ValueError(f"--eval-strategy must be 'epoch' or 'no', got {cfg.eval_strategy!r}")
-    if cfg.save_strategy not in ("epoch", "no"):
-        raise ValueError(f"--save-strategy must be 'epoch' or 'no', got {cfg.save_strategy!r}")
+    ``moved`` is the largest change of any layer's mass over the last ``tail`` of the steps (from the
+    first recorded step at or after ``total_steps x (1 - tail)`` to the last); settled means less than
+    one vector. ``(None, None)`` when the history does not reach back that far (a run resumed late).
+    """
+    if not history:
+        return None, None
+    last = max(history)
+    start = min((step for step in history if step >= total_steps * (1 - tail)), default=None)
+    if start is None or start >= last:
+        return None, None
+    moved = max(abs(a - b) for a, b in zip(history[last], history[start], strict=True))
+    return bool(moved < 1.0), float(moved)
 
 
 def lambda_tag(lam: float) -> str:
@@ -411,12 +332,22 @@ class Pipeline:
             logger.info("phase 2 (search, lambda=%g): complete in %s, reusing it", lam, folder)
             return done
         epochs = cfg.search_epochs or cfg.epochs
-        logger.info("phase 2 (search): lambda=%g, lr(r)=%g, %g epochs, from %s", lam, cfg.soft_lr, epochs, start_path)
+        steps = self.search_steps(epochs)
+        soft_lr = cfg.soft_lr if cfg.soft_lr is not None else derive_soft_lr(steps)
+        logger.info(
+            "phase 2 (search): lambda=%g, lr(r)=%.3g%s, %g epochs (%d steps), from %s",
+            lam,
+            soft_lr,
+            "" if cfg.soft_lr is not None else " (derived from the steps)",
+            epochs,
+            steps,
+            start_path,
+        )
         start = time.perf_counter()
         model = self._load(start_path)
         num_layers = model.config.num_hidden_layers
         apply_power_bert(model, extracts=[SoftExtract(cfg.max_length) for _ in range(num_layers)])
-        trainer = self._trainer(SoftExtractTrainer, model, folder, epochs, retention_lambda=lam, soft_lr=cfg.soft_lr)
+        trainer = self._trainer(SoftExtractTrainer, model, folder, epochs, retention_lambda=lam, soft_lr=soft_lr)
         trainer.train(resume_from_checkpoint=self._resume_from(folder))
         extracts = soft_extracts(model)
         masses = retention_masses(extracts)
@@ -428,6 +359,18 @@ class Pipeline:
             for entry in trainer.state.log_history
             if "mass_1" in entry and "loss" in entry
         ]
+        records = {entry["step"]: entry["masses"] for entry in history}
+        records.update(trainer.soft_callback.history)
+        settled, moved = mass_settled(records, trainer.state.max_steps)
+        if settled is False:
+            logger.warning(
+                "phase 2 (lambda=%g): the search had not settled: a layer's mass still moved by %.1f vectors in "
+                "the last %d%% of the steps; the configuration may keep more than the trade-off wants "
+                "(raise --search-epochs or --soft-lr)",
+                lam,
+                moved,
+                round(SETTLE_TAIL * 100),
+            )
         remove_power_bert(model)
         setattr(model.config, CONFIG_KEY, list(retention))
         if _is_main():
@@ -441,6 +384,10 @@ class Pipeline:
             "retention": retention,
             "soft_metrics": soft_metrics,
             "mass_history": history,
+            "search_settled": settled,
+            "mass_moved_at_end": moved,
+            "soft_lr": soft_lr,
+            "search_steps": trainer.state.max_steps,
             "r": r_values,
             "seconds": time.perf_counter() - start,
         }
@@ -488,6 +435,13 @@ class Pipeline:
         }
         logger.info("phase 3 done: %s, FLOP ratio %.2f", _fmt(metrics), summary["flop_ratio"])
         return self._finish_phase(folder, summary)
+
+    def search_steps(self, epochs: float) -> int:
+        """Optimiser steps of a search of ``epochs`` epochs (``Trainer``'s count, over every process)."""
+        from accelerate import PartialState
+
+        per_step = self.cfg.batch_size * self.cfg.grad_accum * PartialState().num_processes
+        return max(1, math.ceil(math.ceil(len(self.train_ds) / per_step) * epochs))
 
     # ------------------------------------------------------------------ measurements
 
@@ -543,6 +497,8 @@ class Pipeline:
                 run["masses"] = search["masses"]
                 run["soft_metrics"] = search["soft_metrics"]
                 run["mass_history"] = search["mass_history"]
+                run["search_settled"] = search.get("search_settled")
+                run["soft_lr"] = search.get("soft_lr")
             if _is_main():
                 run.update(self.measure_speed(retrain["model_path"]))
                 logger.info(
@@ -588,6 +544,8 @@ class Pipeline:
             "phase_seconds",
             "lambda",
             "metrics",
+            "search_settled",
+            "soft_lr",
         )
         config = {k: v for k, v in asdict(cfg).items() if k != "progress"}
         config["lambdas"] = list(cfg.lambdas)
