@@ -60,6 +60,7 @@ def expected_total(steps) -> int:
 
 @pytest.fixture(scope="module")
 def sweep_sections() -> set[str]:
+    pytest.importorskip("triton")  # the sweep imports the Triton kernels
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_sweep.py"), "--list", "--tune"],
         capture_output=True,
@@ -188,6 +189,7 @@ def sweep_on_cpu(monkeypatch):
     """benchmarks/gpu_sweep.py with its inputs made on the CPU (wall-clock medians)."""
     import torch
 
+    pytest.importorskip("triton")  # the sweep imports the Triton kernels
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import _measure
     import gpu_sweep
