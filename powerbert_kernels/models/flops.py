@@ -28,7 +28,7 @@ def model_flops(model: nn.Module, batch: int, seq_len: int, retention: Retention
     adapter = adapter_for(model)
     base = adapter.base_model(model)
     dims = adapter.dims(model.config)
-    D, H, inner, L = dims["hidden"], dims["heads"], dims["intermediate"], dims["layers"]
+    D, H, ffn, L = dims["hidden"], dims["heads"], dims["ffn_weights"], dims["layers"]
     A = H * (D // H)
     if retention is None:
         keeps = [seq_len] * L
@@ -41,7 +41,7 @@ def model_flops(model: nn.Module, batch: int, seq_len: int, retention: Retention
         total += 2 * rows * D * 3 * A  # Q, K, V projections
         total += 4 * batch * received * received * A  # Q K^T and P V
         total += 2 * rows * A * D  # attention output projection
-        total += 2 * (batch * kept) * D * inner * 2  # feed-forward, on the kept vectors only
+        total += 2 * (batch * kept) * ffn  # feed-forward, on the kept vectors only
         received = kept
     total += adapter.encoder_extra_flops(base, batch, seq_len)
     total += _cls_linear_flops(model, base, batch)

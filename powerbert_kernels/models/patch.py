@@ -41,6 +41,7 @@ class _PatchState:
     head_hook: object | None
     exclude_self: bool
     last_kept_indices: torch.Tensor | None = None
+    replaced_head_forward: nn.Module | None = None
 
 
 def is_patched(model: nn.Module) -> bool:
@@ -71,8 +72,9 @@ def apply_power_bert(
     order), and the feed-forward block and every later layer run on the kept ones only.
 
     Args:
-        model: a ``BertModel``, or a ``BertFor*`` head that reads the CLS vector
-            (sequence classification, multiple choice, next sentence prediction).
+        model: a bare encoder (``BertModel``, ``AlbertModel``, ``ModernBertModel``, ...) or a task head
+            that reads the CLS vector (sequence classification, multiple choice, next sentence
+            prediction) of a registered architecture (:func:`registered_model_types`).
         retention: one entry per encoder layer, non-increasing: ints (vectors kept, at most the
             model's maximum positions) or floats in (0, 1] (fractions of the padded length). ``None``
             takes the configuration stored in ``model.config`` (by an earlier patch, saved with
@@ -112,10 +114,14 @@ def apply_power_bert(
     setattr(config, CONFIG_EXCLUDE_SELF_KEY, bool(exclude_self))
 
     base.power_extract = nn.ModuleList(extracts)
-    head_hook = None
+    head_hook = replaced = None
     if model is not base:
         head_hook = model.register_forward_hook(_attach_kept_indices)
-    setattr(base, _STATE, _PatchState(adapter, base, head_hook, bool(exclude_self)))
+        head_forward = adapter.head_forward(model)
+        if head_forward is not None:
+            model.forward = types.MethodType(head_forward, model)
+            replaced = model
+    setattr(base, _STATE, _PatchState(adapter, base, head_hook, bool(exclude_self), replaced_head_forward=replaced))
     base.forward = types.MethodType(_power_bert_forward, base)
     return model
 
@@ -128,6 +134,8 @@ def remove_power_bert(model: nn.Module) -> nn.Module:
     state: _PatchState = getattr(base, _STATE)
     if state.head_hook is not None:
         state.head_hook.remove()
+    if state.replaced_head_forward is not None:
+        del state.replaced_head_forward.forward
     del base.forward
     del base.power_extract
     delattr(base, _STATE)
@@ -170,16 +178,89 @@ def _key_padding_mask(attention_mask, batch: int, length: int, device: torch.dev
     return mask, bool(all_real)
 
 
-def _attention_block(adapter, layer, hidden, mask, with_significance, exclude_self, plain, all_real):
+def _attention_block(
+    adapter,
+    base,
+    layer,
+    hidden,
+    mask,
+    with_significance,
+    exclude_self,
+    plain,
+    all_real,
+    positions,
+    position_ids,
+    dropout_p,
+):
     # A function of its own so that q, k, v and the attention output are freed before the feed-forward
     # block allocates its (B, n, 4D) intermediate: the peak memory then matches the stock layer's.
-    q, k, v, scale = adapter.qkv(layer, hidden)
-    if with_significance:
-        attn, significance = ops.attention_with_significance(q, k, v, mask, scale=scale, exclude_self=exclude_self)
+    q, k, v, scale = adapter.qkv(base, layer, hidden, position_ids)
+    window = adapter.attention_window(layer)
+    n = hidden.shape[1]
+    # Before any extraction the positions are 0..n-1: a window of n-1 or more masks nothing.
+    if window is not None and (positions is not None or window < n - 1):
+        # Windowed layers (ModernBERT's local attention) train without attention dropout, their default.
+        if positions is None:
+            positions = torch.arange(n, device=hidden.device)[None]
+        if with_significance:
+            attn, significance = ops.local_attention_with_significance(
+                q, k, v, mask, positions, window, scale=scale, exclude_self=exclude_self
+            )
+        else:
+            attn = ops.local_attention(q, k, v, mask, positions, window, scale=scale, implementation=plain)
+            significance = None
+    elif with_significance:
+        attn, significance = ops.attention_with_significance(
+            q, k, v, mask, scale=scale, exclude_self=exclude_self, dropout_p=dropout_p
+        )
     else:
         plain_mask = None if all_real else mask
-        attn, significance = ops.attention(q, k, v, plain_mask, scale=scale, implementation=plain), None
+        attn = ops.attention(q, k, v, plain_mask, scale=scale, implementation=plain, dropout_p=dropout_p)
+        significance = None
     return adapter.attention_output(layer, attn, hidden), significance
+
+
+def _layer(
+    hidden,
+    mask,
+    positions,
+    vector_ids,
+    adapter,
+    base,
+    layer,
+    extract,
+    padded_length,
+    exclude_self,
+    plain,
+    all_real,
+    dropout_p,
+):
+    """One patched encoder layer: attention (+ significance), extract, feed-forward on the kept vectors."""
+    hidden_attn, significance = _attention_block(
+        adapter,
+        base,
+        layer,
+        hidden,
+        mask,
+        extract.needs_significance(hidden.shape[1], padded_length),
+        exclude_self,
+        plain,
+        all_real,
+        positions,
+        vector_ids,
+        dropout_p,
+    )
+    hidden_attn, mask, kept = extract(hidden_attn, significance, mask, padded_length)
+    return adapter.feed_forward(layer, hidden_attn), mask, kept
+
+
+def _attention_dropout(config) -> float:
+    # BERT, RoBERTa and ELECTRA name it attention_probs_dropout_prob, DistilBERT attention_dropout.
+    for name in ("attention_probs_dropout_prob", "attention_dropout"):
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.0
 
 
 _UNSUPPORTED_INPUTS = ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "head_mask")
@@ -224,27 +305,31 @@ def _power_bert_forward(
     hidden = adapter.embed(self, input_ids, token_type_ids, position_ids, inputs_embeds)
     B, N = hidden.shape[:2]
     mask, all_real = _key_padding_mask(attention_mask, B, N, hidden.device)
+    # positions: the input position of every current vector (None while nothing was removed);
+    # vector_ids: their position ids, which rotary models rotate by (the input's, gathered alike).
     positions = None
+    vector_ids = position_ids if position_ids is not None else torch.arange(N, device=hidden.device)[None]
     layer_positions = []
     all_hidden = [hidden] if output_hidden_states else None
+    # The stock layers' attention dropout, applied in training as theirs is (after the significance is read).
+    dropout_p = _attention_dropout(config) if self.training else 0.0
+    checkpointing = self.training and torch.is_grad_enabled()
     for layer, extract in zip(adapter.layers(self), self.power_extract, strict=True):
-        hidden_attn, significance = _attention_block(
-            adapter,
-            layer,
-            hidden,
-            mask,
-            extract.needs_significance(hidden.shape[1], N),
-            state.exclude_self,
-            plain,
-            all_real,
-        )
-        hidden_attn, mask, kept = extract(hidden_attn, significance, mask, N)
+        args = (adapter, self, layer, extract, N, state.exclude_self, plain, all_real, dropout_p)
+        if checkpointing and getattr(layer, "gradient_checkpointing", False):
+            # gradient_checkpointing_enable() marked the layer: run it through HF's checkpoint function, as
+            # the stock layer would be; its activations are recomputed in the backward pass (the selection
+            # too: the same inputs and RNG state give the same kept vectors).
+            hidden, mask, kept = layer._gradient_checkpointing_func(_layer, hidden, mask, positions, vector_ids, *args)
+        else:
+            hidden, mask, kept = _layer(hidden, mask, positions, vector_ids, *args)
         if kept is not None:
             positions = kept if positions is None else positions.gather(1, kept)
+            vector_ids = positions if position_ids is None else position_ids.expand(B, N).gather(1, positions)
         layer_positions.append(positions)
-        hidden = adapter.feed_forward(layer, hidden_attn)
         if output_hidden_states:
             all_hidden.append(hidden)
+    hidden = adapter.encoder_output(self, hidden)
 
     all_positions = torch.arange(N, device=hidden.device).expand(B, N)
     layer_positions = tuple(all_positions if p is None else p for p in layer_positions)

@@ -5,7 +5,7 @@ vector ``w`` receives over all heads and all real query rows (padded query rows 
 receive probability 0). This is the ranking PoWER-BERT's extract layer uses.
 
 The public entry point :func:`attention_with_significance` checks its arguments, picks a backend (see
-:mod:`powerbert_kernels.ops._dispatch`) and calls the custom op ``powerbert::attention_with_significance``.
+:mod:`powerbert_kernels.ops.dispatch`) and calls the custom op ``powerbert::attention_with_significance``.
 :func:`attention_with_significance_ref` is the pure-PyTorch reference (fp32 accumulation) that the other
 backends are tested against. :func:`attention` is the same attention without significance (PyTorch's
 SDPA), used for layers that keep every vector.
@@ -14,13 +14,14 @@ SDPA), used for layers that keep every vector.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import register_flop_formula
 
-from . import _dispatch
+from . import dispatch
 from ._checks import check_float, check_mask, check_same_device, check_tensor
+from ._imports import when_imported
 
 OP = "attention_with_significance"
 
@@ -131,8 +132,48 @@ def blocked_attention(
     return out.view(B, N, H * d).to(q.dtype), significance
 
 
-def _torch_impl(q, k, v, key_padding_mask, scale, exclude_self):
-    return attention_with_significance_ref(q, k, v, key_padding_mask, scale, exclude_self)
+def attention_with_significance_dropout(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    scale: float,
+    exclude_self: bool,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference with dropout on the attention probabilities, differentiated by autograd.
+
+    Training only: the probabilities are dropped as the stock layer drops them, after the significance
+    is read from them (the paper's significance is taken before dropout). Autograd keeps the (B, H, N, N)
+    probabilities and the dropout mask for the backward pass, as the stock eager attention does; the
+    custom op's recomputing backward cannot be used, since a recomputation would draw another mask.
+
+    Args:
+        q, k, v: (B, N, H, d); key_padding_mask: (B, N) bool; scale: score scale; dropout_p in (0, 1).
+
+    Returns:
+        out: (B, N, H*d) in the dtype of ``q``; significance: (B, N) float32, no gradient.
+    """
+    B, N, H, d = q.shape
+    scores = torch.matmul(q.float().transpose(1, 2) * scale, k.float().permute(0, 2, 3, 1))
+    probs = torch.softmax(scores + _masked_score_bias(key_padding_mask)[:, None, None, :], dim=-1)
+    with torch.no_grad():
+        significance = column_sums_ref(probs.detach(), key_padding_mask, 0, exclude_self)
+    out = torch.matmul(F.dropout(probs, p=dropout_p, training=True), v.float().transpose(1, 2))
+    return out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype), significance
+
+
+def _check_dropout(dropout_p: float, backend: str | None) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be a probability in [0, 1), got {dropout_p!r}")
+    if dropout_p > 0:
+        forced = dispatch.requested_backend(backend)
+        if forced not in (None, "torch"):
+            raise ValueError(
+                f"dropout_p={dropout_p:g}: attention dropout (training) runs on the torch backend only; the "
+                f"{forced!r} backend was forced (argument or POWERBERT_BACKEND), which does not apply it"
+            )
+    return float(dropout_p)
 
 
 @torch.library.custom_op("powerbert::attention_with_significance", mutates_args=())
@@ -145,7 +186,7 @@ def _attention_with_significance_op(
     exclude_self: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    fn = _dispatch.implementation(OP, backend)
+    fn = dispatch.implementation(OP, backend)
     return fn(q, k, v, key_padding_mask, scale, exclude_self)
 
 
@@ -189,13 +230,17 @@ def _backward(ctx, grad_out, grad_significance):
 _attention_with_significance_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def attention_flops(batch: int, seq_len: int, heads: int, head_dim: int) -> int:
+    """Matmul FLOPs of self-attention over (B, N, H, d) inputs: Q K^T and P V, 2 FLOPs per multiply-add.
+
+    What ``FlopCounterMode`` counts for a plain attention, with or without significance (the column
+    sums are not matmul work), and the yardstick of the kernels' achieved TFLOP/s.
+    """
+    return 4 * batch * heads * seq_len * seq_len * head_dim
+
+
 def _attention_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
-    # Q K^T and P V, as FlopCounterMode counts a plain attention; the column sums are not matmul work.
-    B, N, H, d = q_shape
-    return 4 * B * H * N * N * d
-
-
-register_flop_formula(torch.ops.powerbert.attention_with_significance)(_attention_flops)
+    return attention_flops(*q_shape)
 
 
 def _check_qkv(q, k, v):
@@ -233,6 +278,7 @@ def attention_with_significance(
     scale: float | None = None,
     exclude_self: bool = False,
     backend: str | None = None,
+    dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-head self-attention plus each vector's significance, in one pass over the scores.
 
@@ -246,6 +292,9 @@ def attention_with_significance(
             original PoWER-BERT code did so).
         backend: ``"triton"``, ``"ext"``, ``"torch"`` or ``None`` (``POWERBERT_BACKEND``, else the
             fastest that can run).
+        dropout_p: dropout on the attention probabilities (training), applied after the significance is
+            read; only the torch backend applies it (:func:`attention_with_significance_dropout`), a
+            forced ``triton``/``ext`` backend refuses it.
 
     Returns:
         out: (B, N, H*d) in the dtype of ``q``, the layout the output projection reads.
@@ -255,8 +304,10 @@ def attention_with_significance(
     B, N, H, d = q.shape
     check_mask("key_padding_mask", key_padding_mask, B, N, q.device)
     scale = _check_scale(scale, d)
-    facts = _dispatch.CallFacts(q.device, q.dtype, {"head_dim": d, "seq_len": N, "heads": H})
-    name = _dispatch.resolve(OP, facts, backend)
+    if _check_dropout(dropout_p, backend) > 0:
+        return attention_with_significance_dropout(q, k, v, key_padding_mask, scale, bool(exclude_self), dropout_p)
+    inputs = dispatch.AttentionInputs(q.device, q.dtype, batch=B, seq_len=N, heads=H, head_dim=d)
+    name = dispatch.resolve(OP, inputs, backend)
     return torch.ops.powerbert.attention_with_significance(q, k, v, key_padding_mask, scale, bool(exclude_self), name)
 
 
@@ -321,7 +372,6 @@ def _attention_backward(ctx, grad_out):
 
 
 _attention_op.register_autograd(_attention_backward, setup_context=_attention_setup_context)
-register_flop_formula(torch.ops.powerbert.attention)(_attention_flops)
 
 
 def attention(
@@ -332,6 +382,7 @@ def attention(
     *,
     scale: float | None = None,
     implementation: str = "sdpa",
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Plain multi-head self-attention, without significance.
 
@@ -348,6 +399,8 @@ def attention(
             softmax in the input dtype, operation for operation as HF's eager attention): a patched
             model follows the attention implementation it was loaded with, so nothing changes where
             nothing is removed.
+        dropout_p: dropout on the attention probabilities (training): SDPA's own, differentiated by
+            autograd (the custom op's recomputing backward would draw another mask).
 
     Returns:
         out: (B, N, H*d) in the dtype of ``q``.
@@ -358,7 +411,23 @@ def attention(
         check_mask("key_padding_mask", key_padding_mask, B, N, q.device)
     if implementation not in ("sdpa", "eager"):
         raise ValueError(f"implementation must be 'sdpa' or 'eager', got {implementation!r}")
+    if _check_dropout(dropout_p, "torch") > 0:
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=None if key_padding_mask is None else key_padding_mask[:, None, None, :],
+            dropout_p=dropout_p,
+            scale=_check_scale(scale, d),
+        )
+        return out.transpose(1, 2).reshape(B, N, H * d)
     return torch.ops.powerbert.attention(q, k, v, key_padding_mask, _check_scale(scale, d), implementation)
 
 
-_dispatch.register(OP, "torch", _torch_impl)
+def _register_flop_formulas(flop_counter: ModuleType) -> None:
+    flop_counter.register_flop_formula(torch.ops.powerbert.attention_with_significance)(_attention_flops)
+    flop_counter.register_flop_formula(torch.ops.powerbert.attention)(_attention_flops)
+
+
+# When FlopCounterMode's module is imported rather than now: it imports Triton, which importing the ops must not.
+when_imported("torch.utils.flop_counter", _register_flop_formulas)
