@@ -207,7 +207,7 @@ def test_small_batch_section_runs_its_code_path(sweep_on_cpu, monkeypatch):
     from powerbert_kernels import benchmarking
 
     tiny = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-    monkeypatch.setitem(benchmarking.CONFIGS, "tiny", tiny)
+    monkeypatch.setitem(benchmarking.CONFIGS, "tiny", ("bert", tiny))
     rows, lines = sweep_on_cpu.small_batch(
         batches=(8, 1), seq_len=16, config="tiny", dtype=torch.float32, retention=[0.75, 0.5], repeats=2
     )
