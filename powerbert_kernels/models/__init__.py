@@ -3,6 +3,7 @@
 from .architectures import EncoderAdapter, register_adapter, registered_model_types
 from .extract import Extract, HardExtract
 from .flops import flop_ratio, model_flops
+from .loading import from_pretrained
 from .patch import PowerBertModelOutput, apply_power_bert, is_patched, remove_power_bert
 from .retention import LayerKeep, keep_counts, layer_plan, parse_retention, row_keep_counts, validate_retention
 from .soft_extract import (
@@ -25,6 +26,7 @@ __all__ = [
     "clip_retention_",
     "derive_retention",
     "flop_ratio",
+    "from_pretrained",
     "is_patched",
     "keep_counts",
     "layer_plan",
