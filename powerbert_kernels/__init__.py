@@ -39,4 +39,14 @@ __all__ = [
     "model_flops",
     "ops",
     "remove_power_bert",
+    "tune_retention",
 ]
+
+
+def __getattr__(name: str):
+    # The tuner pulls in the training stack (transformers' Trainer): imported on first use only.
+    if name == "tune_retention":
+        from .training.tune import tune_retention
+
+        return tune_retention
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

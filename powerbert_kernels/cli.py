@@ -1,4 +1,4 @@
-"""The ``powerbert`` command: demo, bench, train, eval, check-cuda, info.
+"""The ``powerbert`` command: demo, bench, train, eval, tune, check-cuda, info.
 
 Each subcommand lives in its own module, which provides ``HELP`` (one line), ``add_arguments(parser)``
 and ``run(args) -> int``; heavy imports happen inside ``run`` so that ``powerbert --help`` stays fast.
@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "check-cuda": "powerbert_kernels.ext.check_cuda",
     "train": "powerbert_kernels.training.cli_train",
     "eval": "powerbert_kernels.training.cli_eval",
+    "tune": "powerbert_kernels.training.cli_tune",
     "info": "powerbert_kernels.info",
 }
 

@@ -23,7 +23,7 @@ from powerbert_kernels.models.soft_extract import SoftExtract, soft_extracts
 from powerbert_kernels.training import SoftExtractTrainer, TrainConfig, select_run
 from powerbert_kernels.training.data import build_label_mapping, load_local, read_table
 from powerbert_kernels.training.metrics import accuracy, all_metrics, f1_score, matthews_corrcoef
-from powerbert_kernels.training.pipeline import Pipeline
+from powerbert_kernels.training.pipeline import Pipeline, derive_soft_lr, mass_settled
 
 MARKERS = ("pos", "neg")
 FILLERS = tuple(f"w{i}" for i in range(40))
@@ -330,6 +330,24 @@ def test_search_trainer_gives_r_its_own_group_and_clips(task, tmp_path, one_thre
     assert logged and all(f"mass_{j}" in logged[0] for j in range(1, 5))
 
 
+def test_soft_lr_follows_the_search_length():
+    # Reach = peak rate x steps / 2 under the warm-up/decay schedule: 3 range-widths whatever the size.
+    for steps in (20, 113, 650, 5000):
+        assert derive_soft_lr(steps) * steps / 2 == pytest.approx(3.0)
+    assert derive_soft_lr(650) == pytest.approx(9.23e-3, rel=1e-3)
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        derive_soft_lr(0)
+
+
+def test_mass_settled_reads_the_last_tenth_of_the_steps():
+    moving = {step: [64.0 - 0.2 * step, 30.0] for step in range(1, 101)}
+    assert mass_settled(moving, 100) == (False, pytest.approx(0.2 * 10))
+    still = {**moving, **{step: [44.0, 30.0] for step in range(85, 101)}}
+    assert mass_settled(still, 100) == (True, 0.0)
+    # A late resume records only the end: unknown, not settled.
+    assert mass_settled({100: [1.0, 1.0]}, 100) == (None, None)
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 
 
@@ -365,8 +383,6 @@ def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread):
         "32",
         "--lr",
         "1e-3",
-        "--soft-lr",
-        "5e-2",
         "--batch-size",
         "32",
         "--seed",
@@ -420,6 +436,9 @@ def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread):
     # The search dropped most of the ~20 real vectors: at most the CLS and the three markers, and a few more.
     assert retention[0] <= 8 and retention[-1] <= 4
     assert report["flop_ratio"] >= 3.0
+    # The default learning rate of r follows the search's length (113 steps here): the search converged.
+    assert report["search_settled"] is True
+    assert report["soft_lr"] == pytest.approx(derive_soft_lr(3 * 38))
     assert report["speedup"] > 0
     assert (out / "retention.png").stat().st_size > 0
 

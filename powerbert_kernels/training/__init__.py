@@ -7,6 +7,7 @@
 from .metrics import accuracy, all_metrics, f1_score, matthews_corrcoef
 from .pipeline import Pipeline, TrainConfig, run_pipeline, select_run
 from .trainer import PowerBertTrainer, SoftExtractCallback, SoftExtractTrainer
+from .tune import TuneResult, tune_retention
 
 __all__ = [
     "Pipeline",
@@ -20,4 +21,6 @@ __all__ = [
     "matthews_corrcoef",
     "run_pipeline",
     "select_run",
+    "tune_retention",
+    "TuneResult",
 ]

@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--soft-lr",
         type=float,
-        default=5e-3,
-        help="learning rate of the soft-extract parameters r (default: 5e-3; paper: 1e-4 to 1e-2)",
+        help="learning rate of the soft-extract parameters r (default: 6 / search steps, so that r can cross "
+        "[0, 1] within about a third of the search whatever the data size; paper: 1e-4 to 1e-2)",
     )
     train.add_argument("--epochs", type=float, default=3.0, help="epochs per phase (default: 3)")
     train.add_argument("--search-epochs", type=float, help="epochs of phase 2 (default: --epochs)")

@@ -43,7 +43,8 @@ class TrainConfig:
     """Everything one run of the pipeline needs (the ``powerbert train`` arguments).
 
     Metric values are in points (x100). ``epochs``/``lr`` apply to every phase unless the per-phase
-    value is set.
+    value is set. ``soft_lr=None`` derives the learning rate of ``r`` from the search's length
+    (:func:`derive_soft_lr`), so the search converges whatever the data size.
     """
 
     model: str
@@ -57,7 +58,7 @@ class TrainConfig:
     max_length: int = 64
     lambdas: Sequence[float] = (1e-3,)
     lr: float = 3e-5
-    soft_lr: float = 5e-3
+    soft_lr: float | None = None
     epochs: float = 3.0
     search_epochs: float | None = None
     retrain_epochs: float | None = None
@@ -120,8 +121,10 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(f"--lambda must be >= 0 (the weight of the retention penalty), got {lam!r}")
     if len(set(lambdas)) != len(lambdas):
         raise ValueError(f"--lambda: values must be distinct, got {lambdas}")
-    for name, value in (("--lr", cfg.lr), ("--soft-lr", cfg.soft_lr), ("--epochs", cfg.epochs)):
+    for name, value in (("--lr", cfg.lr), ("--epochs", cfg.epochs)):
         positive(name, value)
+    if cfg.soft_lr is not None:
+        positive("--soft-lr", cfg.soft_lr)
     for name, value in (("--search-epochs", cfg.search_epochs), ("--retrain-epochs", cfg.retrain_epochs)):
         if value is not None:
             positive(name, value)
@@ -155,6 +158,45 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--eval-strategy must be 'epoch' or 'no', got {cfg.eval_strategy!r}")
     if cfg.save_strategy not in ("epoch", "no"):
         raise ValueError(f"--save-strategy must be 'epoch' or 'no', got {cfg.save_strategy!r}")
+
+
+SEARCH_REACH = 3.0
+"""How far each ``r`` can travel over a search, in units of its range [0, 1] (see :func:`derive_soft_lr`)."""
+SETTLE_TAIL = 0.1
+"""The search settled when its last 10% of steps moved no layer's mass by a whole vector."""
+
+
+def derive_soft_lr(steps: int, reach: float = SEARCH_REACH) -> float:
+    """The learning rate of ``r`` that lets it travel ``reach`` over a search of ``steps`` optimiser steps.
+
+    Adam moves each ``r`` by about its learning rate per step whatever the gradient's size, so a fixed
+    rate bounds the search's reach by ``rate x steps``: too few steps (small data) and ``r`` cannot fall
+    to what the trade-off wants, and the search ends wherever it happened to be. Under the linear
+    warm-up/decay schedule the rate averages half its peak, so the reach is ``peak x steps / 2``; with
+    ``reach = 3``, ``r`` can cross [0, 1] within about the first third of the phase and spends the rest
+    settling. 650 steps (SST-2's 6,920 sentences, 3 epochs, batch 32) give 9.2e-3, 113 steps
+    (1,200 sentences) 5.3e-2.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return 2.0 * reach / steps
+
+
+def mass_settled(history: dict[int, Sequence[float]], total_steps: int, tail: float = SETTLE_TAIL):
+    """Whether the masses had settled: ``(settled, moved)``.
+
+    ``moved`` is the largest change of any layer's mass over the last ``tail`` of the steps (from the
+    first recorded step at or after ``total_steps x (1 - tail)`` to the last); settled means less than
+    one vector. ``(None, None)`` when the history does not reach back that far (a run resumed late).
+    """
+    if not history:
+        return None, None
+    last = max(history)
+    start = min((step for step in history if step >= total_steps * (1 - tail)), default=None)
+    if start is None or start >= last:
+        return None, None
+    moved = max(abs(a - b) for a, b in zip(history[last], history[start], strict=True))
+    return bool(moved < 1.0), float(moved)
 
 
 def lambda_tag(lam: float) -> str:
@@ -411,12 +453,22 @@ class Pipeline:
             logger.info("phase 2 (search, lambda=%g): complete in %s, reusing it", lam, folder)
             return done
         epochs = cfg.search_epochs or cfg.epochs
-        logger.info("phase 2 (search): lambda=%g, lr(r)=%g, %g epochs, from %s", lam, cfg.soft_lr, epochs, start_path)
+        steps = self.search_steps(epochs)
+        soft_lr = cfg.soft_lr if cfg.soft_lr is not None else derive_soft_lr(steps)
+        logger.info(
+            "phase 2 (search): lambda=%g, lr(r)=%.3g%s, %g epochs (%d steps), from %s",
+            lam,
+            soft_lr,
+            "" if cfg.soft_lr is not None else " (derived from the steps)",
+            epochs,
+            steps,
+            start_path,
+        )
         start = time.perf_counter()
         model = self._load(start_path)
         num_layers = model.config.num_hidden_layers
         apply_power_bert(model, extracts=[SoftExtract(cfg.max_length) for _ in range(num_layers)])
-        trainer = self._trainer(SoftExtractTrainer, model, folder, epochs, retention_lambda=lam, soft_lr=cfg.soft_lr)
+        trainer = self._trainer(SoftExtractTrainer, model, folder, epochs, retention_lambda=lam, soft_lr=soft_lr)
         trainer.train(resume_from_checkpoint=self._resume_from(folder))
         extracts = soft_extracts(model)
         masses = retention_masses(extracts)
@@ -428,6 +480,18 @@ class Pipeline:
             for entry in trainer.state.log_history
             if "mass_1" in entry and "loss" in entry
         ]
+        records = {entry["step"]: entry["masses"] for entry in history}
+        records.update(trainer.soft_callback.history)
+        settled, moved = mass_settled(records, trainer.state.max_steps)
+        if settled is False:
+            logger.warning(
+                "phase 2 (lambda=%g): the search had not settled: a layer's mass still moved by %.1f vectors in "
+                "the last %d%% of the steps; the configuration may keep more than the trade-off wants "
+                "(raise --search-epochs or --soft-lr)",
+                lam,
+                moved,
+                round(SETTLE_TAIL * 100),
+            )
         remove_power_bert(model)
         setattr(model.config, CONFIG_KEY, list(retention))
         if _is_main():
@@ -441,6 +505,10 @@ class Pipeline:
             "retention": retention,
             "soft_metrics": soft_metrics,
             "mass_history": history,
+            "search_settled": settled,
+            "mass_moved_at_end": moved,
+            "soft_lr": soft_lr,
+            "search_steps": trainer.state.max_steps,
             "r": r_values,
             "seconds": time.perf_counter() - start,
         }
@@ -488,6 +556,13 @@ class Pipeline:
         }
         logger.info("phase 3 done: %s, FLOP ratio %.2f", _fmt(metrics), summary["flop_ratio"])
         return self._finish_phase(folder, summary)
+
+    def search_steps(self, epochs: float) -> int:
+        """Optimiser steps of a search of ``epochs`` epochs (``Trainer``'s count, over every process)."""
+        from accelerate import PartialState
+
+        per_step = self.cfg.batch_size * self.cfg.grad_accum * PartialState().num_processes
+        return max(1, math.ceil(math.ceil(len(self.train_ds) / per_step) * epochs))
 
     # ------------------------------------------------------------------ measurements
 
@@ -543,6 +618,8 @@ class Pipeline:
                 run["masses"] = search["masses"]
                 run["soft_metrics"] = search["soft_metrics"]
                 run["mass_history"] = search["mass_history"]
+                run["search_settled"] = search.get("search_settled")
+                run["soft_lr"] = search.get("soft_lr")
             if _is_main():
                 run.update(self.measure_speed(retrain["model_path"]))
                 logger.info(
@@ -588,6 +665,8 @@ class Pipeline:
             "phase_seconds",
             "lambda",
             "metrics",
+            "search_settled",
+            "soft_lr",
         )
         config = {k: v for k, v in asdict(cfg).items() if k != "progress"}
         config["lambdas"] = list(cfg.lambdas)

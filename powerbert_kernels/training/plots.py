@@ -78,3 +78,62 @@ def plot_tradeoff(report: dict, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_tune(report: dict, path: str) -> str:
+    """Metric against FLOP ratio of every configuration ``powerbert tune`` scored, its greedy path and the
+    chosen point, with the unpatched model and the allowed drop as lines.
+
+    Args:
+        report: ``tune.json``'s content (``tried``, ``retention``, ``reference_search``, ``max_drop``).
+        path: PNG to write.
+    """
+    plt = _pyplot()
+    name = report["metric_name"]
+    tried = report["tried"]
+    path_points = sorted((e for e in tried if e["accepted"]), key=lambda e: e["flop_ratio"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.scatter(
+        [e["flop_ratio"] for e in tried],
+        [e["metric"] for e in tried],
+        s=12,
+        color="lightgrey",
+        label=f"scored ({len(tried)})",
+    )
+    ax.plot(
+        [e["flop_ratio"] for e in path_points],
+        [e["metric"] for e in path_points],
+        marker="o",
+        markersize=3,
+        label="greedy path",
+    )
+    chosen = next(e for e in tried if e["retention"] == report["retention"])
+    ax.scatter([chosen["flop_ratio"]], [chosen["metric"]], marker="*", s=160, color="red", zorder=3, label="chosen")
+    ax.annotate(
+        ",".join(map(str, report["retention"])),
+        (chosen["flop_ratio"], chosen["metric"]),
+        textcoords="offset points",
+        xytext=(6, -12),
+        fontsize=7,
+    )
+    if report.get("holdout_metric") is not None:
+        ax.scatter(
+            [chosen["flop_ratio"]],
+            [report["holdout_metric"] - report["reference_holdout"] + report["reference_search"]],
+            marker="x",
+            color="red",
+            zorder=3,
+            label="chosen, held-out rows (shifted by the unpatched gap)",
+        )
+    base = report["reference_search"]
+    ax.axhline(base, color="grey", linestyle="--", linewidth=1, label=f"unpatched ({base:.1f})")
+    if report.get("max_drop") is not None:
+        ax.axhline(base - report["max_drop"], color="grey", linestyle=":", linewidth=1, label="allowed drop")
+    ax.set_xlabel("FLOP ratio (stock / PoWER-BERT)")
+    ax.set_ylabel(f"{name} on the search rows (points)")
+    ax.set_title("powerbert tune: configurations scored")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -55,7 +55,8 @@ class SoftExtractTrainer(PowerBertTrainer):
             raise ValueError("model: no SoftExtract found; patch it with apply_power_bert(model, extracts=...)")
         self.retention_lambda = float(retention_lambda)
         self.soft_lr = float(soft_lr)
-        self.add_callback(SoftExtractCallback(self.extracts))
+        self.soft_callback = SoftExtractCallback(self.extracts)
+        self.add_callback(self.soft_callback)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -92,16 +93,22 @@ class SoftExtractCallback(TrainerCallback):
     Projected gradient descent: the optimiser may step ``r`` out of [0, 1] (Adam's steps are about the
     learning rate in size whatever the gradient), and clipping puts it back, so a vector's scale never
     exceeds its stock value and never goes negative.
+
+    Attributes:
+        history: ``{optimiser step: masses per layer}`` after every step of this process's run (a resumed
+            run starts at its checkpoint's step); the pipeline reads whether the search settled from it.
     """
 
     def __init__(self, extracts) -> None:
         self.extracts = list(extracts)
+        self.history: dict[int, list[float]] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         clip_retention_(self.extracts)
 
     def on_step_end(self, args, state, control, **kwargs):
         clip_retention_(self.extracts)
+        self.history[state.global_step] = retention_masses(self.extracts)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero:
