@@ -8,22 +8,64 @@ Quick start::
     model = AutoModelForSequenceClassification.from_pretrained(path)
     apply_power_bert(model, retention=[76, 62, 55, 52, 42, 40, 36, 24, 17, 13, 11, 3])
     logits = model(**batch).logits
+
+The names below load on first use (a module ``__getattr__``), so that importing the package, and the
+``powerbert`` command's help, stay fast.
 """
 
-from . import ops
-from .ext import available_backends, backend_report
-from .models import (
-    PowerBertModelOutput,
-    apply_power_bert,
-    flop_ratio,
-    from_pretrained,
-    is_patched,
-    model_flops,
-    remove_power_bert,
-)
-from .ops import BACKENDS, BackendUnavailableError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "BACKENDS": ".ops",
+    "BackendUnavailableError": ".ops",
+    "PowerBertModelOutput": ".models",
+    "apply_power_bert": ".models",
+    "available_backends": ".ext",
+    "backend_report": ".ext",
+    "flop_ratio": ".models",
+    "from_pretrained": ".models",
+    "is_patched": ".models",
+    "model_flops": ".models",
+    "remove_power_bert": ".models",
+    "tune_retention": ".training.tune",
+}
+_SUBMODULES = ("ops",)
+
+if TYPE_CHECKING:
+    from . import ops
+    from .ext import available_backends, backend_report
+    from .models import (
+        PowerBertModelOutput,
+        apply_power_bert,
+        flop_ratio,
+        from_pretrained,
+        is_patched,
+        model_flops,
+        remove_power_bert,
+    )
+    from .ops import BACKENDS, BackendUnavailableError
+    from .training.tune import tune_retention
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
 
 __all__ = [
     "BACKENDS",
@@ -41,12 +83,3 @@ __all__ = [
     "remove_power_bert",
     "tune_retention",
 ]
-
-
-def __getattr__(name: str):
-    # The tuner pulls in the training stack (transformers' Trainer): imported on first use only.
-    if name == "tune_retention":
-        from .training.tune import tune_retention
-
-        return tune_retention
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

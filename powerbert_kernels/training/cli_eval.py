@@ -3,121 +3,101 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
 
 HELP = "evaluate a saved PoWER-BERT model: metric, FLOP ratio and measured speed-up against it unpatched"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli_train import add_data_arguments
+    from ..cli_args import add_dataclass_arguments
+    from .config import GROUPS, EvalConfig
 
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="a model folder saved by `powerbert train` (or any "
-        "classifier whose config holds a retention configuration)",
-    )
-    add_data_arguments(parser, train=False)
-    parser.add_argument(
-        "--retention",
-        help="comma-separated counts or fractions to use instead of the configuration stored in the model",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=64,
-        help="eval batch; also the batch of the FLOP ratio and the timing (default: 64)",
-    )
-    parser.add_argument("--bench-repeats", type=int, default=10, help="interleaved timing repeats (default: 10)")
-    parser.add_argument("--no-speed", action="store_true", help="skip the timing")
-    parser.add_argument("--output", help="also write the result as JSON to this file")
+    add_dataclass_arguments(parser, EvalConfig, {"data": GROUPS["data"], "output": GROUPS["output"]})
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def evaluate(cfg: EvalConfig) -> dict:
     """The ``eval`` result: metrics of the patched and unpatched model, FLOP ratios, speed-up."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
+    from ..cli_args import check_max_positions, load_error
     from ..models import apply_power_bert, flop_ratio, keep_counts
-    from ..models.retention import CONFIG_KEY, parse_retention, validate_retention
-    from .data import GLUE_TASKS, load_glue, load_local, tokenize
+    from ..models.retention import CONFIG_KEY, validate_retention
+    from .config import validate_config
+    from .data import load_glue, load_local, tokenize
     from .measure import eval_set_flop_ratio, measure_speed, padded_batch, predict_metrics
 
-    if args.glue_task is None and args.eval_file is None:
-        raise ValueError("data: give --eval-file or --glue-task")
-    if args.glue_task is not None and args.eval_file is not None:
-        raise ValueError("data: --glue-task and --eval-file are alternatives; give one")
-    if args.max_length < 2:
-        raise ValueError(f"--max-length must be an int >= 2, got {args.max_length}")
-    if args.batch_size < 1 or args.bench_repeats < 1:
-        raise ValueError("--batch-size and --bench-repeats must be at least 1")
-    config = AutoConfig.from_pretrained(args.model)
-    if args.max_length > config.max_position_embeddings:
-        raise ValueError(
-            f"--max-length {args.max_length} exceeds the model's maximum positions ({config.max_position_embeddings})"
-        )
-    if args.retention is not None:
-        retention = parse_retention(args.retention)
+    validate_config(cfg)
+    try:
+        config = AutoConfig.from_pretrained(cfg.model)
+    except OSError as e:
+        raise load_error("--model", cfg.model, e) from e
+    check_max_positions(cfg.max_length, config.max_position_embeddings, "--max-length")
+    if cfg.retention is not None:
+        retention = cfg.retention
     else:
         retention = getattr(config, CONFIG_KEY, None)
         if retention is None:
             raise ValueError(
-                f"--model: {args.model} stores no PoWER-BERT configuration ({CONFIG_KEY}); pass --retention"
+                f"--model: {cfg.model} stores no PoWER-BERT configuration ({CONFIG_KEY}); pass --retention"
             )
     retention = validate_retention(list(retention), config.num_hidden_layers, config.max_position_embeddings)
-    if args.glue_task is not None:
-        data = load_glue(args.glue_task, with_train=False)
+    if cfg.glue_task is not None:
+        data = load_glue(cfg.glue_task, with_train=False)
     else:
         data = load_local(
-            args.eval_file,
+            cfg.eval_file,
             None,
-            text_column=args.text_column,
-            text_pair_column=args.text_pair_column,
-            label_column=args.label_column,
+            text_column=cfg.text_column,
+            text_pair_column=cfg.text_pair_column,
+            label_column=cfg.label_column,
             known_label2id=config.label2id,
         )
     if data.num_labels > config.num_labels:
         raise ValueError(f"--eval-file: the data has {data.num_labels} labels but the model only {config.num_labels}")
-    metric = args.metric or (GLUE_TASKS[args.glue_task]["metric"] if args.glue_task else "accuracy")
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    dataset = tokenize(data.eval, tokenizer, data, args.max_length)
+    metric = cfg.metric_name
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    dataset = tokenize(data.eval, tokenizer, data, cfg.max_length)
     collator = DataCollatorWithPadding(tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    stock = AutoModelForSequenceClassification.from_pretrained(args.model).to(device)
-    stock_metrics = predict_metrics(stock, dataset, collator, args.batch_size, config.num_labels)
-    power = apply_power_bert(AutoModelForSequenceClassification.from_pretrained(args.model), retention).to(device)
-    power_metrics = predict_metrics(power, dataset, collator, args.batch_size, config.num_labels)
+    stock = AutoModelForSequenceClassification.from_pretrained(cfg.model).to(device)
+    stock_metrics = predict_metrics(stock, dataset, collator, cfg.batch_size, config.num_labels)
+    power = apply_power_bert(AutoModelForSequenceClassification.from_pretrained(cfg.model), retention).to(device)
+    power_metrics = predict_metrics(power, dataset, collator, cfg.batch_size, config.num_labels)
     lengths = [len(ids) for ids in dataset["input_ids"]]
     result = {
-        "model": args.model,
+        "model": cfg.model,
         "metric_name": metric,
         "power_metric": power_metrics[metric],
         "unpatched_metric": stock_metrics[metric],
         "power_metrics": power_metrics,
         "unpatched_metrics": stock_metrics,
         "retention": list(retention),
-        "kept_per_layer": keep_counts(retention, args.max_length),
-        "flop_ratio": flop_ratio(power, args.batch_size, args.max_length, retention),
-        "flop_ratio_eval_set": eval_set_flop_ratio(power, lengths, args.batch_size, retention),
+        "kept_per_layer": keep_counts(retention, cfg.max_length),
+        "flop_ratio": flop_ratio(power, cfg.batch_size, cfg.max_length, retention),
+        "flop_ratio_eval_set": eval_set_flop_ratio(power, lengths, cfg.batch_size, retention),
         "num_eval": len(dataset),
-        "max_length": args.max_length,
+        "max_length": cfg.max_length,
     }
-    if not args.no_speed:
-        inputs = padded_batch(tokenizer, dataset, args.batch_size, args.max_length)
-        result.update(measure_speed(args.model, inputs, args.bench_repeats, retention))
+    if not cfg.no_speed:
+        inputs = padded_batch(tokenizer, dataset, cfg.batch_size, cfg.max_length)
+        result.update(measure_speed(cfg.model, inputs, cfg.bench_repeats, retention))
     return result
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from ..cli_args import dataclass_from_args
     from .cli_train import setup_logging
+    from .config import EvalConfig
 
     setup_logging()
-    try:
-        result = evaluate(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
-        raise SystemExit(f"powerbert eval: error: {e}") from None
+    result = evaluate(dataclass_from_args(EvalConfig, args))
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 HELP = "choose a PoWER-BERT configuration for a fine-tuned classifier without retraining (no weight changes)"
 
@@ -208,11 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from .cli_train import setup_logging
 
     setup_logging()
-    try:
-        report = tune(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
-        print(f"powerbert tune: error: {e}", file=sys.stderr)
-        return 2
+    report = tune(args)
     name = report["metric_name"]
     held = ""
     if report["holdout_metric"] is not None:

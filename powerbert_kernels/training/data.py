@@ -11,12 +11,11 @@ real names) keeps its own. The mapping is stored in the model's ``config.id2labe
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from ..tables import read_table
 
 LABEL_ID = "labels"
 """Column of the tokenized datasets holding the label id (the name ``Trainer`` passes to the model)."""
@@ -65,65 +64,6 @@ class TextClassificationData:
     @property
     def num_labels(self) -> int:
         return len(self.id2label)
-
-
-def read_table(path: str, arg: str = "file") -> list[dict]:
-    """Rows of a CSV, TSV or JSON file as dicts.
-
-    ``.tsv`` is read tab-separated without quote processing (the convention of GLUE's files, whose
-    sentences contain unbalanced quotes), ``.csv`` with standard CSV quoting, ``.json``/``.jsonl`` as
-    either one JSON array of objects or one object per line. The first row of a CSV/TSV is the header.
-
-    Args:
-        path: the file.
-        arg: the command-line argument that named it, for error messages.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{arg}: no such file: {path}")
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".tsv", ".csv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            if ext == ".tsv":
-                reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            else:
-                reader = csv.reader(f)
-            rows = [row for row in reader if row and any(cell.strip() for cell in row)]
-        if not rows:
-            raise ValueError(f"{arg}: {path} is empty (expected a header row and at least one data row)")
-        header, body = rows[0], rows[1:]
-        if not body:
-            raise ValueError(f"{arg}: {path} has a header ({', '.join(header)}) but no data rows")
-        for line, row in enumerate(body, start=2):
-            if len(row) != len(header):
-                raise ValueError(
-                    f"{arg}: {path} row {line} has {len(row)} fields but the header has {len(header)} "
-                    f"({', '.join(header)})"
-                )
-        return [dict(zip(header, row, strict=True)) for row in body]
-    if ext in (".json", ".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        if not text.strip():
-            raise ValueError(f"{arg}: {path} is empty (expected JSON objects, one per row)")
-        try:
-            loaded = json.loads(text)
-            rows = loaded if isinstance(loaded, list) else [loaded]
-        except json.JSONDecodeError:
-            rows = []
-            for line, raw in enumerate(text.splitlines(), start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    rows.append(json.loads(raw))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{arg}: {path} line {line} is not valid JSON ({e.msg})") from None
-        if not rows:
-            raise ValueError(f"{arg}: {path} holds no rows")
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise ValueError(f"{arg}: {path} row {i} is a {type(row).__name__}; expected a JSON object per row")
-        return rows
-    raise ValueError(f"{arg}: {path} has an unknown extension {ext!r}; expected .csv, .tsv, .json or .jsonl")
 
 
 def _check_columns(rows: list[dict], columns: Sequence[str], arg: str, path: str, flags: Mapping[str, str]) -> None:

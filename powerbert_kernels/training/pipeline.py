@@ -27,137 +27,16 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-from .data import GLUE_TASKS, TextClassificationData, has_named_labels, load_glue, load_local, tokenize
+from .config import TrainConfig, validate_config
+from .data import TextClassificationData, has_named_labels, load_glue, load_local, tokenize
 from .metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
 PHASE_FILE = "phase.json"
 REPORT_FILE = "report.json"
-
-
-@dataclass
-class TrainConfig:
-    """Everything one run of the pipeline needs (the ``powerbert train`` arguments).
-
-    Metric values are in points (x100). ``epochs``/``lr`` apply to every phase unless the per-phase
-    value is set. ``soft_lr=None`` derives the learning rate of ``r`` from the search's length
-    (:func:`derive_soft_lr`), so the search converges whatever the data size.
-    """
-
-    model: str
-    output_dir: str
-    train_file: str | None = None
-    eval_file: str | None = None
-    glue_task: str | None = None
-    text_column: str = "sentence"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    max_length: int = 64
-    lambdas: Sequence[float] = (1e-3,)
-    lr: float = 3e-5
-    soft_lr: float | None = None
-    epochs: float = 3.0
-    search_epochs: float | None = None
-    retrain_epochs: float | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    grad_accum: int = 1
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    seed: int = 42
-    metric: str | None = None
-    from_finetuned: bool = False
-    from_searched: bool = False
-    retention: Sequence[int] | None = None
-    baseline_model: str | None = None
-    resume: bool = False
-    max_drop: float = 1.0
-    eval_strategy: str = "epoch"
-    save_strategy: str = "epoch"
-    logging_steps: int = 50
-    keep_checkpoints: bool = False
-    bf16: bool = False
-    group_by_length: bool = False
-    bench_repeats: int = 10
-    report_to: str = "none"
-    progress: bool = True
-
-    @property
-    def metric_name(self) -> str:
-        if self.metric is not None:
-            return self.metric
-        if self.glue_task is not None:
-            return str(GLUE_TASKS[self.glue_task]["metric"])
-        return "accuracy"
-
-
-def validate_config(cfg: TrainConfig) -> None:
-    """Raise ``ValueError`` naming the argument for anything wrong that needs no file or model."""
-
-    def positive(name: str, value, kind=(int, float)) -> None:
-        if isinstance(value, bool) or not isinstance(value, kind) or not value > 0 or not math.isfinite(value):
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-    if cfg.glue_task is None and cfg.eval_file is None:
-        raise ValueError("data: give --eval-file (and --train-file), or --glue-task")
-    if cfg.glue_task is not None and (cfg.train_file or cfg.eval_file):
-        raise ValueError("data: --glue-task and --train-file/--eval-file are alternatives; give one")
-    if cfg.glue_task is not None and cfg.glue_task not in GLUE_TASKS:
-        raise ValueError(f"--glue-task must be one of {sorted(GLUE_TASKS)}, got {cfg.glue_task!r}")
-    if cfg.glue_task is None and cfg.train_file is None:
-        raise ValueError("--train-file: required for training (only --eval-file was given)")
-    if isinstance(cfg.max_length, bool) or not isinstance(cfg.max_length, int) or cfg.max_length < 2:
-        raise ValueError(
-            f"--max-length must be an int >= 2 (the CLS token and at least one more), got {cfg.max_length!r}"
-        )
-    lambdas = list(cfg.lambdas)
-    if not lambdas:
-        raise ValueError("--lambda: give at least one value")
-    for lam in lambdas:
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"--lambda must be >= 0 (the weight of the retention penalty), got {lam!r}")
-    if len(set(lambdas)) != len(lambdas):
-        raise ValueError(f"--lambda: values must be distinct, got {lambdas}")
-    for name, value in (("--lr", cfg.lr), ("--epochs", cfg.epochs)):
-        positive(name, value)
-    if cfg.soft_lr is not None:
-        positive("--soft-lr", cfg.soft_lr)
-    for name, value in (("--search-epochs", cfg.search_epochs), ("--retrain-epochs", cfg.retrain_epochs)):
-        if value is not None:
-            positive(name, value)
-    for name, value in (
-        ("--batch-size", cfg.batch_size),
-        ("--eval-batch-size", cfg.eval_batch_size),
-        ("--grad-accum", cfg.grad_accum),
-        ("--logging-steps", cfg.logging_steps),
-        ("--bench-repeats", cfg.bench_repeats),
-    ):
-        positive(name, value, int)
-    if not 0 <= cfg.warmup < 1:
-        raise ValueError(f"--warmup must be a fraction of the steps in [0, 1), got {cfg.warmup}")
-    if cfg.weight_decay < 0:
-        raise ValueError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
-    if cfg.max_drop < 0:
-        raise ValueError(f"--max-drop must be >= 0 points, got {cfg.max_drop}")
-    if cfg.metric is not None and cfg.metric not in METRICS:
-        raise ValueError(f"--metric must be one of {list(METRICS)}, got {cfg.metric!r}")
-    if cfg.from_finetuned and cfg.from_searched:
-        raise ValueError("--from-finetuned and --from-searched are alternatives; give at most one")
-    if cfg.retention is not None and not cfg.from_searched:
-        raise ValueError("--retention: only with --from-searched (otherwise the search learns it)")
-    if cfg.from_searched and len(lambdas) > 1:
-        raise ValueError("--lambda: a sweep needs the search; --from-searched runs only the re-training")
-    if cfg.baseline_model is not None and not (cfg.from_finetuned or cfg.from_searched):
-        raise ValueError(
-            "--baseline-model: only with --from-finetuned/--from-searched (otherwise phase 1 is the baseline)"
-        )
-    if cfg.eval_strategy not in ("epoch", "no"):
-        raise ValueError(f"--eval-strategy must be 'epoch' or 'no', got {cfg.eval_strategy!r}")
-    if cfg.save_strategy not in ("epoch", "no"):
-        raise ValueError(f"--save-strategy must be 'epoch' or 'no', got {cfg.save_strategy!r}")
 
 
 SEARCH_REACH = 3.0

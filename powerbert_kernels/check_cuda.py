@@ -77,7 +77,7 @@ def parse_archs(text: str) -> list[int]:
 def find_source_dir(explicit: str | None = None) -> Path:
     """The folder with ``check_kernels.cu``: the argument, the package's copy, or the checkout's csrc/."""
     here = Path(__file__).resolve().parent
-    candidates = [Path(explicit)] if explicit else [here / "csrc", here.parent.parent / "csrc"]
+    candidates = [Path(explicit)] if explicit else [here / "ext" / "csrc", here.parent / "csrc"]
     for folder in candidates:
         if (folder / SOURCE_NAME).is_file():
             return folder
@@ -325,12 +325,8 @@ def _indent(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        archs = parse_archs(args.arch)
-        source_dir = find_source_dir(args.source)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"check-cuda: {exc}")
-        return 2
+    archs = parse_archs(args.arch)
+    source_dir = find_source_dir(args.source)
     failures = 0
     with tempfile.TemporaryDirectory(prefix="powerbert-check-cuda-") as tmp:
         toolchains = Toolchains(args.nvcc, source_dir, Path(tmp))
