@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from .patch import _hf_model, apply_power_bert
+from .patch import apply_power_bert, hf_model
 from .retention import CONFIG_KEY
 
 
@@ -44,7 +44,7 @@ def from_pretrained(
             )
         loader = auto_class
     model = loader(os.fspath(path_or_id), **kwargs)
-    if getattr(_hf_model(model).config, CONFIG_KEY, None) is None:
+    if getattr(hf_model(model).config, CONFIG_KEY, None) is None:
         raise ValueError(
             f"path_or_id: {os.fspath(path_or_id)!r} has no stored PoWER-BERT configuration ({CONFIG_KEY} in "
             "its config.json); it was saved unpatched. Load it as usual and call "

@@ -57,7 +57,7 @@ def is_patched(model: nn.Module) -> bool:
     return _patched_base(model) is not None
 
 
-def _hf_model(model: nn.Module) -> nn.Module:
+def hf_model(model: nn.Module) -> nn.Module:
     # A SentenceTransformer's Hugging Face model sits in its Transformer module.
     if sentence.is_sentence_transformer(model):
         return sentence.transformer_module(model).auto_model
@@ -115,7 +115,7 @@ def apply_power_bert(
     if exclude_self is not None and not isinstance(exclude_self, bool):
         raise TypeError(f"exclude_self must be a bool (or None for the stored setting), got {exclude_self!r}")
     sentence_module = sentence.transformer_module(model) if sentence.is_sentence_transformer(model) else None
-    target = _hf_model(model)
+    target = hf_model(model)
     adapter = adapter_for(target)
     base = adapter.base_model(target)
     config = target.config
