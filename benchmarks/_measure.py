@@ -14,20 +14,19 @@ from collections.abc import Callable
 import torch
 
 from powerbert_kernels import ops
-from powerbert_kernels.triton.attention_significance import attention_flops
+from powerbert_kernels.ops import attention_flops
 from powerbert_kernels.triton.select_gather import gather_bytes
 
 ATTENTION_OP = "attention_with_significance"
 SELECT_GATHER_OP = "select_gather"
-PROVIDERS = ("reference", "triton", "ext")
+PROVIDERS = ("torch", "triton", "ext")
+"""The backends compared, each called through the public op as a user gets it."""
 DEVICE = torch.device("cuda")
 """Where inputs are made (a CPU dry run of the sweep's code paths may switch it)."""
 
 
 def provider_available(op: str, provider: str) -> str | None:
     """Why ``provider`` cannot run ``op`` here (None: it can)."""
-    if provider == "reference":
-        return None
     if provider not in ops.registered_backends(op):
         return f"backend {provider!r} is not registered for {op}"
     return None
@@ -53,8 +52,6 @@ def attention_inputs(
 
 
 def attention_fn(provider: str, q, k, v, mask) -> Callable[[], object]:
-    if provider == "reference":
-        return lambda: ops.attention_with_significance_ref(q, k, v, mask)
     return lambda: ops.attention_with_significance(q, k, v, mask, backend=provider)
 
 
@@ -70,8 +67,6 @@ def select_gather_inputs(
 
 
 def select_gather_fn(provider: str, hidden, significance, mask, keep: int) -> Callable[[], object]:
-    if provider == "reference":
-        return lambda: ops.select_gather_ref(hidden, significance, mask, keep)
     return lambda: ops.select_gather(hidden, significance, mask, keep, backend=provider)
 
 

@@ -9,7 +9,7 @@ Writes ``gpu_sweep.json`` (every number, the environment, any section that faile
 so that a run cut short still leaves its results. Sections:
 
 1. correctness on the GPU: Triton vs the reference at the sweep's shapes (max errors), before timing;
-2. attention and select-gather sweeps: reference / triton / ext over B in {1, 32, 128}, N in {64 .. 1024};
+2. attention and select-gather sweeps: torch / triton / ext over B in {1, 32, 128}, N in {64 .. 1024};
 3. the two attention variants (single pass vs two passes) at short lengths: sets ``SINGLE_PASS_MAX_N``;
 4. targets: attention vs ``scaled_dot_product_attention`` on the same inputs (B=64, H=12, d=64, fp16,
    N=128 and 512; goal <= 1.5x); select-gather vs a device-to-device copy of the same bytes (B=128,
@@ -55,10 +55,10 @@ from _measure import (  # noqa: E402
 
 from powerbert_kernels import apply_power_bert, flop_ratio, ops  # noqa: E402
 from powerbert_kernels import benchmarking as bm  # noqa: E402
+from powerbert_kernels.ops import attention_flops  # noqa: E402
 from powerbert_kernels.triton import attention_significance as attn_mod  # noqa: E402
 from powerbert_kernels.triton.attention_significance import (  # noqa: E402
     AttentionConfig,
-    attention_flops,
     attention_with_significance_triton,
     default_config,
 )

@@ -1,4 +1,4 @@
-"""Micro-benchmarks of attention with significance: reference / triton / ext.
+"""Micro-benchmarks of attention with significance: torch / triton / ext.
 
 Run on a GPU with ``pytest benchmarks/test_bench_attention.py``. pytest-benchmark's own timer wraps a
 synchronised call; ``extra_info`` holds the CUDA-event median (do_bench), the achieved TFLOP/s (plain
@@ -20,7 +20,7 @@ from _measure import (
     synchronized,
 )
 
-from powerbert_kernels.triton.attention_significance import attention_flops
+from powerbert_kernels.ops import attention_flops
 
 H, D = 12, 64
 

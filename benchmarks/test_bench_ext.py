@@ -27,7 +27,7 @@ import torch
 
 from powerbert_kernels import ext, ops
 from powerbert_kernels.benchmarking import peak_memory_mb
-from powerbert_kernels.ext._backend import attention_with_significance_ext
+from powerbert_kernels.ext.backend import ExtAttention
 from powerbert_kernels.ops.attention import column_sums_ref
 
 CUDA = torch.cuda.is_available()
@@ -56,9 +56,9 @@ def interleaved_times(
 def compare(ref: Callable[[], object], cand: Callable[[], object], rounds: int = ROUNDS) -> dict[str, float]:
     """Medians (the ratio is asserted on) and minima (shown: on a shared machine they tell what the
     code can do when not interrupted) of reference and extension from one interleaved run."""
-    times = interleaved_times({"reference": ref, "ext": cand}, rounds)
-    ref_ms, ext_ms = (statistics.median(times[k]) * 1e3 for k in ("reference", "ext"))
-    ref_min, ext_min = (min(times[k]) * 1e3 for k in ("reference", "ext"))
+    times = interleaved_times({"torch": ref, "ext": cand}, rounds)
+    ref_ms, ext_ms = (statistics.median(times[k]) * 1e3 for k in ("torch", "ext"))
+    ref_min, ext_min = (min(times[k]) * 1e3 for k in ("torch", "ext"))
     return {
         "ratio": ref_ms / ext_ms,
         "ref_ms": ref_ms,
@@ -160,7 +160,7 @@ def test_cpu_attention_ext_vs_reference(benchmark, threads, B, N):
     q, k, v = (torch.randn(B, N, H, d, generator=g) for _ in range(3))
     mask = right_padded_mask(B, N, g)
     ref = lambda: ops.attention_with_significance_ref(q, k, v, mask)  # noqa: E731
-    cand = lambda: attention_with_significance_ext(q, k, v, mask, d**-0.5, False)  # noqa: E731
+    cand = lambda: ExtAttention.apply(q, k, v, mask, d**-0.5, False)  # noqa: E731
     result = compare(ref, cand, rounds=15)
     with torch.inference_mode():
         mem_ref, mem_ext = peak_memory_mb(ref, torch.device("cpu")), peak_memory_mb(cand, torch.device("cpu"))

@@ -26,8 +26,8 @@ _LAZY: dict[str, str] = {
     "BackendUnavailableError": ".ops",
     "PowerBertModelOutput": ".models",
     "apply_power_bert": ".models",
-    "available_backends": ".ext",
-    "backend_report": ".ext",
+    "available_backends": ".ops",
+    "backend_report": ".ops",
     "flop_ratio": ".models",
     "from_pretrained": ".models",
     "is_patched": ".models",
@@ -35,11 +35,10 @@ _LAZY: dict[str, str] = {
     "remove_power_bert": ".models",
     "tune_retention": ".training.tune",
 }
-_SUBMODULES = ("ops",)
+_SUBMODULES = ("ext", "models", "ops", "training", "triton")
 
 if TYPE_CHECKING:
     from . import ops
-    from .ext import available_backends, backend_report
     from .models import (
         PowerBertModelOutput,
         apply_power_bert,
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
         model_flops,
         remove_power_bert,
     )
-    from .ops import BACKENDS, BackendUnavailableError
+    from .ops import BACKENDS, BackendUnavailableError, available_backends, backend_report
     from .training.tune import tune_retention
 
 

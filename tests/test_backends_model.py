@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from powerbert_kernels import apply_power_bert, ext
-from powerbert_kernels.ops import _dispatch
+from powerbert_kernels import apply_power_bert, ext, ops
+from powerbert_kernels.ops import dispatch
 
 CUDA = torch.cuda.is_available()
 SENTENCES = [
@@ -26,9 +26,9 @@ CASES = [("triton", "cuda" if CUDA else "cpu"), ("ext", "cpu")] + ([("ext", "cud
 
 
 def require(backend: str) -> None:
-    if backend in _dispatch.registered_backends("select_gather"):
+    if backend in ops.available_backends():
         return
-    reason = _dispatch._MISSING_REASON[backend]
+    reason = ops.missing_reason(backend)
     if backend == "ext" and os.environ.get("CI") == "true":
         pytest.fail(f"CI=true: the compiled extension must be built and load: {ext.LOAD_ERROR}")
     pytest.skip(reason)
@@ -51,13 +51,13 @@ def test_backend_matches_torch_backend(monkeypatch, minilm, minilm_tokenizer, ba
     finally:
         minilm_tokenizer.padding_side = "right"
     used = []
-    implementation = _dispatch.implementation
+    implementation = dispatch.implementation
 
     def recording(op, name):
         used.append((op, name))
         return implementation(op, name)
 
-    monkeypatch.setattr(_dispatch, "implementation", recording)
+    monkeypatch.setattr(dispatch, "implementation", recording)
     results = {}
     for name in ("torch", backend):
         monkeypatch.setenv("POWERBERT_BACKEND", name)

@@ -283,16 +283,18 @@ def test_select_gather_public_op_with_ext_backend(device, dtype):
 
 
 def test_cpu_dispatch_picks_ext_for_select_gather_only():
-    cpu = ops.CallFacts(torch.device("cpu"), torch.float32)
-    assert ops.resolve("select_gather", cpu) == "ext"
-    assert ops.resolve("attention_with_significance", cpu) == "torch"
-    reasons = ops.explain("attention_with_significance", cpu)["ext"]
+    cpu = torch.device("cpu")
+    gather = ops.SelectGatherInputs(cpu, torch.float32, batch=2, seq_len=16, hidden_size=8, keep=4)
+    attention = ops.AttentionInputs(cpu, torch.float32, batch=2, seq_len=16, heads=2, head_dim=8)
+    assert ops.resolve("select_gather", gather) == "ext"
+    assert ops.resolve("attention_with_significance", attention) == "torch"
+    reasons = ops.explain("attention_with_significance", attention)["ext"]
     assert reasons and "measured" in reasons[0]
 
 
 def test_available_backends_lists_ext():
-    assert "ext" in ext.available_backends()
-    assert "ext: available" in ext.backend_report()
+    assert "ext" in ops.available_backends()
+    assert "ext: available" in ops.backend_report().splitlines()[1]
     assert ext.build_info()["cpu"] is True
 
 
@@ -319,14 +321,6 @@ def test_significance_from_probs_gradient():
     torch.testing.assert_close(probs.grad, ref.grad)
 
 
-def test_opcheck_select_gather_ext():
-    g = torch.Generator().manual_seed(0)
-    mask = make_mask(3, 11, "left", g)
-    sig = significance_like_attention(mask, g)
-    hidden = torch.randn(3, 11, 6, generator=g).requires_grad_()
-    torch.library.opcheck(torch.ops.powerbert.select_gather_ext.default, (hidden, sig, mask, 5))
-
-
 def test_opcheck_public_ops_with_ext_backend():
     g = torch.Generator().manual_seed(0)
     mask = make_mask(2, 10, "right", g)
@@ -344,14 +338,14 @@ def test_select_gather_ext_gradient_scatters_back():
     mask = make_mask(2, 8, "right", g)
     sig = significance_like_attention(mask, g)
     hidden = torch.randn(2, 8, 3, generator=g, requires_grad=True)
-    kept, _, indices = ext.select_gather_ext(hidden, sig, mask, 4)
+    kept, _, indices = ops.select_gather(hidden, sig, mask, 4, backend="ext")
     kept.sum().backward()
     expected = torch.zeros(2, 8, 3)
     expected.scatter_(1, indices[:, :, None].expand(-1, -1, 3), 1.0)
     assert torch.equal(hidden.grad, expected)
 
 
-def test_compiled_model_of_the_ext_ops_has_no_graph_break():
+def test_compiled_model_of_the_ext_kernels_has_no_graph_break():
     g = torch.Generator().manual_seed(0)
     mask = make_mask(2, 12, "right", g)
     probs = random_probs(2, 2, 12, 12, torch.float32, g)
@@ -359,7 +353,7 @@ def test_compiled_model_of_the_ext_ops_has_no_graph_break():
 
     def step(probs, mask, hidden):
         sig = torch.ops.powerbert.significance_from_probs(probs, mask, 0, True)
-        return torch.ops.powerbert.select_gather_ext(hidden, sig, mask, 5)
+        return ops.select_gather(hidden, sig, mask, 5, backend="ext")
 
     compiled = torch.compile(step, fullgraph=True, backend="eager")
     assert_select_gather_equal(compiled(probs, mask, hidden), step(probs, mask, hidden))

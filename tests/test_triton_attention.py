@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from powerbert_kernels import ops
-from powerbert_kernels.ops import BackendUnavailableError, CallFacts, attention_with_significance_ref
-from powerbert_kernels.triton import _common
+from powerbert_kernels.ops import AttentionInputs, BackendUnavailableError, attention_with_significance_ref
 from powerbert_kernels.triton.attention_significance import (
     AttentionConfig,
     attention_with_significance_triton,
     default_config,
 )
+from powerbert_kernels.triton.backend import TritonAttention
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
@@ -182,10 +182,10 @@ def test_public_op_forced_triton_matches_reference(monkeypatch):
 
 
 def test_dispatch_facts():
-    facts = CallFacts(DEVICE, torch.float16, {"head_dim": 64})
-    assert _common.unsupported_attention(facts) == []
-    too_wide = _common.unsupported_attention(CallFacts(DEVICE, torch.float16, {"head_dim": 512}))
-    assert any("head dim 512" in reason for reason in too_wide)
+    facts = AttentionInputs(DEVICE, torch.float16, batch=2, seq_len=128, heads=12, head_dim=64)
+    assert TritonAttention.not_supported_reasons(facts) == []
+    too_wide = AttentionInputs(DEVICE, torch.float16, batch=2, seq_len=128, heads=2, head_dim=512)
+    assert "head dim 512 is larger than 256" in TritonAttention.not_supported_reasons(too_wide)
     if ON_GPU:
         assert ops.resolve("attention_with_significance", facts) == "triton"
     else:

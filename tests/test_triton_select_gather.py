@@ -11,8 +11,8 @@ import torch
 from test_triton_attention import make_mask
 
 from powerbert_kernels import ops
-from powerbert_kernels.ops import CallFacts, select_gather_ref
-from powerbert_kernels.triton import _common
+from powerbert_kernels.ops import SelectGatherInputs, select_gather_ref
+from powerbert_kernels.triton.backend import TritonSelectGather
 from powerbert_kernels.triton.select_gather import select_gather_triton
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -132,10 +132,10 @@ def test_public_op_forced_triton(monkeypatch):
 
 
 def test_dispatch_facts():
-    facts = CallFacts(DEVICE, torch.bfloat16, {"hidden_size": 768, "seq_len": 128})
-    assert _common.unsupported_select_gather(facts) == []
-    too_long = CallFacts(DEVICE, torch.float16, {"hidden_size": 8, "seq_len": (1 << 20) + 1})
-    assert any("sequence length" in reason for reason in _common.unsupported_select_gather(too_long))
+    facts = SelectGatherInputs(DEVICE, torch.bfloat16, batch=2, seq_len=128, hidden_size=768, keep=64)
+    assert TritonSelectGather.not_supported_reasons(facts) == []
+    too_long = SelectGatherInputs(DEVICE, torch.float16, batch=1, seq_len=(1 << 20) + 1, hidden_size=8, keep=4)
+    assert "sequence length 1048577 is longer than 1048576" in TritonSelectGather.not_supported_reasons(too_long)
     if ON_GPU:
         assert ops.resolve("select_gather", facts) == "triton"
     else:

@@ -8,10 +8,10 @@ when built with a CUDA toolkit, CUDA kernels that run on every GPU from the Kepl
 - ``powerbert::select_gather_ext(hidden, significance, mask, keep)``: select-and-gather with the
   semantics of :func:`powerbert_kernels.ops.select_gather_ref`.
 
-On top of them this package registers the ``ext`` implementations of the public ops
-``attention_with_significance`` and ``select_gather`` with the dispatcher (see :mod:`._backend`).
-Importing it never fails: without a built extension, :data:`LOAD_ERROR` says why, and the dispatcher
-reports it when ``ext`` is asked for.
+They are kernels, not public ops: :mod:`.backend` runs them as the ``ext`` implementations of
+``powerbert::attention_with_significance`` and ``powerbert::select_gather``, whose fake and autograd
+formulas are the ops' own. Importing this package never fails: without a built extension,
+:data:`LOAD_ERROR` says why, and the dispatcher reports it when ``ext`` is asked for.
 """
 
 from __future__ import annotations
@@ -41,7 +41,36 @@ else:
         )
 
 if _C is not None:
-    from . import _ops  # noqa: F401  (fake and autograd registrations of the C++ operators)
+
+    @torch.library.register_fake("powerbert::significance_from_probs")
+    def _significance_from_probs_fake(
+        probs: torch.Tensor, mask: torch.Tensor, q_offset: int = 0, exclude_self: bool = False
+    ) -> torch.Tensor:
+        torch._check(probs.dim() == 4, lambda: f"probs must have shape (B, H, n_q, N), got {tuple(probs.shape)}")
+        return probs.new_empty(probs.shape[0], probs.shape[3], dtype=torch.float32)
+
+    # Significance is a masked sum of probabilities, so its gradient is the incoming gradient broadcast
+    # back over heads and voting rows (the diagonal left out when exclude_self).
+    def _significance_setup_context(ctx, inputs, output) -> None:
+        probs, mask, q_offset, exclude_self = inputs
+        ctx.save_for_backward(mask)
+        ctx.probs_shape = probs.shape
+        ctx.probs_dtype = probs.dtype
+        ctx.q_offset = q_offset
+        ctx.exclude_self = exclude_self
+
+    def _significance_backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        B, H, n_q, N = ctx.probs_shape
+        votes = mask[:, ctx.q_offset : ctx.q_offset + n_q].to(grad.dtype)
+        grad_probs = votes[:, None, :, None] * grad[:, None, None, :]  # (B, 1, n_q, N)
+        if ctx.exclude_self:
+            torch.diagonal(grad_probs, offset=ctx.q_offset, dim1=-2, dim2=-1).zero_()
+        return grad_probs.expand(B, H, n_q, N).to(ctx.probs_dtype), None, None, None
+
+    torch.library.register_autograd(
+        "powerbert::significance_from_probs", _significance_backward, setup_context=_significance_setup_context
+    )
 
 
 def is_loaded() -> bool:
@@ -94,8 +123,11 @@ def significance_from_probs(
 def select_gather_ext(
     hidden: torch.Tensor, significance: torch.Tensor, mask: torch.Tensor, keep: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The extension's select-and-gather (same semantics and results as
+    """The extension's select-and-gather kernel (same semantics and results as
     :func:`~powerbert_kernels.ops.select_gather_ref`).
+
+    The bare kernel, without autograd or a fake implementation: differentiate or compile
+    :func:`powerbert_kernels.ops.select_gather` with ``backend="ext"`` instead.
 
     Args:
         hidden: (B, N, D) float32, float16 or bfloat16, contiguous in its last dimension.
@@ -110,58 +142,10 @@ def select_gather_ext(
     return torch.ops.powerbert.select_gather_ext(hidden, significance, mask, int(keep))
 
 
-def register() -> None:
-    """Register the ``ext`` implementations of the public ops with the dispatcher.
-
-    Raises:
-        RuntimeError: the extension is not built or failed to load (the message says why).
-    """
-    _require()
-    from ._backend import register as _register
-
-    _register()
-
-
-def available_backends() -> list[str]:
-    """The backends installed and loadable here, in dispatch order (e.g. ``['ext', 'torch']``).
-
-    A listed backend may still decline some calls (a device or dtype it does not serve); see
-    :func:`backend_report` and :func:`powerbert_kernels.ops.explain`.
-    """
-    from ..ops import _dispatch
-
-    ops = ("attention_with_significance", "select_gather")
-    return [name for name in _dispatch.BACKENDS if all(name in _dispatch.registered_backends(op) for op in ops)]
-
-
-def backend_report() -> str:
-    """One line per backend: whether it is available here and, if not, why."""
-    from ..ops import _dispatch
-
-    available = available_backends()
-    lines = []
-    for name in _dispatch.BACKENDS:
-        if name in available:
-            detail = ""
-            if name == "ext":
-                info = build_info()
-                detail = " (C++ CPU kernels" + (
-                    f"; CUDA kernels for {info['cuda_archs']})" if info["cuda"] else "; no CUDA kernels)"
-                )
-            lines.append(f"{name}: available{detail}")
-        else:
-            reason = _dispatch._MISSING_REASON.get(name, "not registered")
-            lines.append(f"{name}: unavailable: {reason}")
-    return "\n".join(lines)
-
-
 __all__ = [
     "LOAD_ERROR",
-    "available_backends",
-    "backend_report",
     "build_info",
     "is_loaded",
-    "register",
     "select_gather_ext",
     "significance_from_probs",
 ]

@@ -60,7 +60,7 @@ def model_flops(
 
 def _flops(model: nn.Module, adapter, dims: dict[str, int], batch: int, seq_len: int, retention) -> int:
     base = adapter.base_model(model)
-    D, H, inner, L = dims["hidden"], dims["heads"], dims["intermediate"], dims["layers"]
+    D, H, ffn, L = dims["hidden"], dims["heads"], dims["ffn_weights"], dims["layers"]
     A = H * (D // H)
     keeps = [seq_len] * L if retention is None else keep_counts(retention, seq_len)
     total, received = 0, seq_len
@@ -69,7 +69,7 @@ def _flops(model: nn.Module, adapter, dims: dict[str, int], batch: int, seq_len:
         total += 2 * rows * D * 3 * A  # Q, K, V projections
         total += 4 * batch * received * received * A  # Q K^T and P V
         total += 2 * rows * A * D  # attention output projection
-        total += 2 * (batch * kept) * D * inner * 2  # feed-forward, on the kept vectors only
+        total += 2 * (batch * kept) * ffn  # feed-forward, on the kept vectors only
         received = kept
     total += adapter.encoder_extra_flops(base, batch, seq_len)
     total += _cls_linear_flops(model, base, batch)

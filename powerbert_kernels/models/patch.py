@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -92,8 +93,9 @@ def apply_power_bert(
     order), and the feed-forward block and every later layer run on the kept ones only.
 
     Args:
-        model: a ``BertModel``, a ``BertFor*`` head that reads the CLS vector (sequence
-            classification, multiple choice, next sentence prediction), or a
+        model: a bare encoder (``BertModel``, ``AlbertModel``, ``ModernBertModel``, ...) or a task head
+            that reads the CLS vector (sequence classification, multiple choice, next sentence
+            prediction) of a registered architecture (:func:`registered_model_types`), or a
             ``sentence_transformers.SentenceTransformer`` with CLS or mean pooling (its pooling then
             reads the kept vectors and their mask).
         retention: one entry per encoder layer, non-increasing: ints (vectors kept, at most the
@@ -144,11 +146,14 @@ def apply_power_bert(
     setattr(config, CONFIG_EXCLUDE_SELF_KEY, exclude_self)
 
     base.power_extract = nn.ModuleList(extracts)
-    head = target if target is not base else None
     # The patched forwards are partials of module-level functions: unlike bound methods they pickle
     # (by the function's qualified name) and deep-copy along with the module they belong to.
-    if head is not None:
-        head.forward = functools.partial(_power_bert_head_forward, head, head.__dict__.get("forward"))
+    head = None
+    if target is not base:
+        replacement = adapter.head_forward(target)
+        if _passes_keywords(replacement or target.forward):
+            head = target
+            head.forward = functools.partial(_power_bert_head_forward, head, head.__dict__.get("forward"), replacement)
     if sentence_module is not None:
         sentence.patch_transformer_module(sentence_module)
     setattr(base, _STATE, _PatchState(adapter, planned, exclude_self, head, sentence_module))
@@ -184,14 +189,32 @@ def remove_power_bert(model: nn.Module) -> nn.Module:
     return model
 
 
-def _power_bert_head_forward(head: nn.Module, previous, *args, **kwargs):
-    """A patched task head's forward: the stock one, with the encoder's ``kept_indices`` on its output.
+def _passes_keywords(forward) -> bool:
+    # A head whose forward takes no **kwargs cannot pass the encoder's hand-over list down (heads of older
+    # transformers releases); it then runs as it is, without kept_indices on its output.
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(forward).parameters.values())
+
+
+def _power_bert_head_forward(head: nn.Module, previous, replacement, *args, **kwargs):
+    """A patched task head's forward: its own one, with the encoder's ``kept_indices`` on its output.
 
     Task heads build their own output from the encoder's; carrying the kept positions over lets a caller
     map surviving vectors back to input tokens from any patched model. The encoder hands its output over
     through the call (see ``_sink``), so concurrent calls each get their own.
+
+    Args:
+        head: the task model.
+        previous: the forward it had as an instance attribute before patching (restored on removal),
+            or ``None``.
+        replacement: the adapter's replacement forward for this head (:meth:`EncoderAdapter.head_forward`),
+            or ``None`` to run the head's own.
     """
-    forward = previous if previous is not None else functools.partial(type(head).forward, head)
+    if replacement is not None:
+        forward = functools.partial(replacement, head)
+    elif previous is not None:
+        forward = previous
+    else:
+        forward = functools.partial(type(head).forward, head)
     output, encoder_output = call_collecting(forward, *args, **kwargs)
     if encoder_output is not None and hasattr(output, "keys"):
         object.__setattr__(output, "kept_indices", encoder_output.kept_indices)
@@ -234,11 +257,26 @@ def _key_padding_mask(
     return mask, bool(facts[1]), facts[2:] if want_lengths else None
 
 
-def _attention_block(adapter, layer, hidden, mask, with_significance, exclude_self, plain, all_real):
+def _attention_block(
+    adapter, base, layer, hidden, mask, with_significance, exclude_self, plain, all_real, positions, position_ids
+):
     # A function of its own so that q, k, v and the attention output are freed before the feed-forward
     # block allocates its (B, n, 4D) intermediate: the peak memory then matches the stock layer's.
-    q, k, v, scale = adapter.qkv(layer, hidden)
-    if with_significance:
+    q, k, v, scale = adapter.qkv(base, layer, hidden, position_ids)
+    window = adapter.attention_window(layer)
+    n = hidden.shape[1]
+    # Before any extraction the positions are 0..n-1: a window of n-1 or more masks nothing.
+    if window is not None and (positions is not None or window < n - 1):
+        if positions is None:
+            positions = torch.arange(n, device=hidden.device)[None]
+        if with_significance:
+            attn, significance = ops.local_attention_with_significance(
+                q, k, v, mask, positions, window, scale=scale, exclude_self=exclude_self
+            )
+        else:
+            attn = ops.local_attention(q, k, v, mask, positions, window, scale=scale, implementation=plain)
+            significance = None
+    elif with_significance:
         attn, significance = ops.attention_with_significance(q, k, v, mask, scale=scale, exclude_self=exclude_self)
     else:
         plain_mask = None if all_real else mask
@@ -295,12 +333,16 @@ def _power_bert_forward(
     mask, all_real, lengths = _key_padding_mask(attention_mask, B, N, hidden.device, fractions)
     # Every layer's keep counts for this batch, decided on the host once: per row for fractions.
     plans = [None] * len(self.power_extract) if retention is None else layer_plan(retention, N, lengths)
+    # positions: the input position of every current vector (None while nothing was removed);
+    # vector_ids: their position ids, which rotary models rotate by (the input's, gathered alike).
     positions = None
+    vector_ids = position_ids if position_ids is not None else torch.arange(N, device=hidden.device)[None]
     layer_positions, layer_masks = [], []
     all_hidden = [hidden] if output_hidden_states else None
     for layer, extract, plan in zip(adapter.layers(self), self.power_extract, plans, strict=True):
         hidden_attn, significance = _attention_block(
             adapter,
+            self,
             layer,
             hidden,
             mask,
@@ -308,15 +350,19 @@ def _power_bert_forward(
             state.exclude_self,
             plain,
             all_real,
+            positions,
+            vector_ids,
         )
         hidden_attn, mask, kept = extract(hidden_attn, significance, mask, N, plan)
         if kept is not None:
             positions = kept if positions is None else positions.gather(1, kept)
+            vector_ids = positions if position_ids is None else position_ids.expand(B, N).gather(1, positions)
         layer_positions.append(positions)
         layer_masks.append(mask)
         hidden = adapter.feed_forward(layer, hidden_attn)
         if output_hidden_states:
             all_hidden.append(hidden)
+    hidden = adapter.encoder_output(self, hidden)
 
     all_positions = torch.arange(N, device=hidden.device).expand(B, N)
     layer_positions = tuple(all_positions if p is None else p for p in layer_positions)

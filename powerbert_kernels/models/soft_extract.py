@@ -1,6 +1,6 @@
 """Soft extract: the differentiable stand-in for the extract layer used by the configuration search.
 
-PoWER-BERT learns how many word-vectors every layer keeps (DESIGN section 1, phase 2). Each encoder
+PoWER-BERT learns how many word-vectors every layer keeps (phase 2 of docs/training.md). Each encoder
 layer j gets a :class:`SoftExtract` with a retention parameter vector ``r_j`` of length N (the largest
 padded length of the task), initialised to 1. The layer ranks the vectors it received with the same rule
 as the hard extract (:func:`powerbert_kernels.ops.selection_order`: CLS first, then real tokens by

@@ -1,33 +1,51 @@
 """The PoWER-BERT ops: attention with significance, and select-and-gather.
 
-Each op has a pure-PyTorch reference (``*_ref``) beside a public function that checks its arguments and
-dispatches to the fastest backend that can run the call (see :mod:`._dispatch`). All of them are torch
-custom ops in the ``powerbert`` namespace, with fake implementations for ``torch.compile``.
+Each op has one home, its module here: the pure-PyTorch reference (``*_ref``), the public function that
+checks its arguments, and the one torch custom op in the ``powerbert`` namespace (fake implementation,
+autograd formula, FLOP formula) whose body runs the backend the dispatcher picked (see :mod:`.dispatch`).
+The backends (:mod:`.torch_backend`, :mod:`powerbert_kernels.triton.backend`,
+:mod:`powerbert_kernels.ext.backend`) are implementations behind those ops, imported on first use.
 """
 
-from . import _backends  # noqa: F401  (registers the Triton and extension backends that can load)
-from ._dispatch import (
+from .attention import attention, attention_flops, attention_with_significance, attention_with_significance_ref
+from .dispatch import (
     BACKENDS,
     ENV_VAR,
+    AttentionInputs,
     BackendUnavailableError,
-    CallFacts,
+    OpBackend,
+    OpInputs,
+    SelectGatherInputs,
+    available_backends,
+    backend_report,
     explain,
+    missing_reason,
     registered_backends,
     resolve,
 )
-from .attention import attention, attention_with_significance, attention_with_significance_ref
+from .local_attention import local_attention, local_attention_mask, local_attention_with_significance
 from .select_gather import cls_positions, select_gather, select_gather_ref, selection_order
 
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
+    "AttentionInputs",
     "BackendUnavailableError",
-    "CallFacts",
+    "OpBackend",
+    "OpInputs",
+    "SelectGatherInputs",
     "attention",
+    "attention_flops",
     "attention_with_significance",
     "attention_with_significance_ref",
+    "available_backends",
+    "backend_report",
     "cls_positions",
     "explain",
+    "local_attention",
+    "local_attention_mask",
+    "local_attention_with_significance",
+    "missing_reason",
     "registered_backends",
     "resolve",
     "select_gather",

@@ -5,7 +5,7 @@ vector ``w`` receives over all heads and all real query rows (padded query rows 
 receive probability 0). This is the ranking PoWER-BERT's extract layer uses.
 
 The public entry point :func:`attention_with_significance` checks its arguments, picks a backend (see
-:mod:`powerbert_kernels.ops._dispatch`) and calls the custom op ``powerbert::attention_with_significance``.
+:mod:`powerbert_kernels.ops.dispatch`) and calls the custom op ``powerbert::attention_with_significance``.
 :func:`attention_with_significance_ref` is the pure-PyTorch reference (fp32 accumulation) that the other
 backends are tested against. :func:`attention` is the same attention without significance (PyTorch's
 SDPA), used for layers that keep every vector.
@@ -14,13 +14,14 @@ SDPA), used for layers that keep every vector.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import register_flop_formula
 
-from . import _dispatch
+from . import dispatch
 from ._checks import check_float, check_mask, check_same_device, check_tensor
+from ._imports import when_imported
 
 OP = "attention_with_significance"
 
@@ -133,10 +134,6 @@ def blocked_attention(
     return out.view(B, N, H * d).to(q.dtype), significance
 
 
-def _torch_impl(q, k, v, key_padding_mask, scale, exclude_self):
-    return attention_with_significance_ref(q, k, v, key_padding_mask, scale, exclude_self)
-
-
 @torch.library.custom_op("powerbert::attention_with_significance", mutates_args=())
 def _attention_with_significance_op(
     q: torch.Tensor,
@@ -147,7 +144,7 @@ def _attention_with_significance_op(
     exclude_self: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    fn = _dispatch.implementation(OP, backend)
+    fn = dispatch.implementation(OP, backend)
     return fn(q, k, v, key_padding_mask, scale, exclude_self)
 
 
@@ -191,13 +188,17 @@ def _backward(ctx, grad_out, grad_significance):
 _attention_with_significance_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def attention_flops(batch: int, seq_len: int, heads: int, head_dim: int) -> int:
+    """Matmul FLOPs of self-attention over (B, N, H, d) inputs: Q K^T and P V, 2 FLOPs per multiply-add.
+
+    What ``FlopCounterMode`` counts for a plain attention, with or without significance (the column
+    sums are not matmul work), and the yardstick of the kernels' achieved TFLOP/s.
+    """
+    return 4 * batch * heads * seq_len * seq_len * head_dim
+
+
 def _attention_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
-    # Q K^T and P V, as FlopCounterMode counts a plain attention; the column sums are not matmul work.
-    B, N, H, d = q_shape
-    return 4 * B * H * N * N * d
-
-
-register_flop_formula(torch.ops.powerbert.attention_with_significance)(_attention_flops)
+    return attention_flops(*q_shape)
 
 
 def _check_qkv(q, k, v):
@@ -260,8 +261,8 @@ def attention_with_significance(
     if B == 0:
         # An empty batch: nothing to launch (a kernel grid or a block size of zero rows is undefined).
         return q.new_empty(0, N, H * d), torch.zeros(0, N, dtype=torch.float32, device=q.device)
-    facts = _dispatch.CallFacts(q.device, q.dtype, {"head_dim": d, "seq_len": N, "heads": H})
-    name = _dispatch.resolve(OP, facts, backend)
+    inputs = dispatch.AttentionInputs(q.device, q.dtype, batch=B, seq_len=N, heads=H, head_dim=d)
+    name = dispatch.resolve(OP, inputs, backend)
     return torch.ops.powerbert.attention_with_significance(q, k, v, key_padding_mask, scale, bool(exclude_self), name)
 
 
@@ -326,7 +327,6 @@ def _attention_backward(ctx, grad_out):
 
 
 _attention_op.register_autograd(_attention_backward, setup_context=_attention_setup_context)
-register_flop_formula(torch.ops.powerbert.attention)(_attention_flops)
 
 
 def attention(
@@ -366,4 +366,10 @@ def attention(
     return torch.ops.powerbert.attention(q, k, v, key_padding_mask, _check_scale(scale, d), implementation)
 
 
-_dispatch.register(OP, "torch", _torch_impl)
+def _register_flop_formulas(flop_counter: ModuleType) -> None:
+    flop_counter.register_flop_formula(torch.ops.powerbert.attention_with_significance)(_attention_flops)
+    flop_counter.register_flop_formula(torch.ops.powerbert.attention)(_attention_flops)
+
+
+# When FlopCounterMode's module is imported rather than now: it imports Triton, which importing the ops must not.
+when_imported("torch.utils.flop_counter", _register_flop_formulas)

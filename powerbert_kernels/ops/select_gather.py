@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _dispatch
+from . import dispatch
 from ._checks import check_float, check_mask, check_same_device, check_tensor
 
 OP = "select_gather"
@@ -81,15 +81,11 @@ def select_gather_ref(
     return hidden_kept, mask.gather(1, indices), indices
 
 
-def _torch_impl(hidden, significance, mask, keep):
-    return select_gather_ref(hidden, significance, mask, keep)
-
-
 @torch.library.custom_op("powerbert::select_gather", mutates_args=())
 def _select_gather_op(
     hidden: torch.Tensor, significance: torch.Tensor, mask: torch.Tensor, keep: int, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _dispatch.implementation(OP, backend)(hidden, significance, mask, keep)
+    return dispatch.implementation(OP, backend)(hidden, significance, mask, keep)
 
 
 @_select_gather_op.register_fake
@@ -163,9 +159,6 @@ def select_gather(
         raise ValueError(f"keep must be between 1 and N={N}, got {keep}")
     if B == 0:
         return hidden.new_empty(0, keep, D), mask.new_empty(0, keep), hidden.new_empty(0, keep, dtype=torch.int64)
-    facts = _dispatch.CallFacts(hidden.device, hidden.dtype, {"hidden_size": D, "seq_len": N})
-    name = _dispatch.resolve(OP, facts, backend)
+    inputs = dispatch.SelectGatherInputs(hidden.device, hidden.dtype, batch=B, seq_len=N, hidden_size=D, keep=keep)
+    name = dispatch.resolve(OP, inputs, backend)
     return torch.ops.powerbert.select_gather(hidden, significance.float().contiguous(), mask.contiguous(), keep, name)
-
-
-_dispatch.register(OP, "torch", _torch_impl)

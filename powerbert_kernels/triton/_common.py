@@ -1,17 +1,15 @@
-"""What the Triton backend can run, and small helpers its launchers share."""
+"""Limits of the Triton kernels, and small helpers their launchers share."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import triton
 import triton.language as tl
-
-from ..ops._checks import FLOAT_DTYPES
-from ..ops._dispatch import CallFacts
 
 MAX_SEQ_LEN = 1 << 20
 """Longest row select-gather can order (its sort key holds 20 bits of position)."""
@@ -19,6 +17,28 @@ MAX_SEQ_LEN = 1 << 20
 MAX_HEAD_DIM = 256
 """Largest head dimension the attention kernels take (padded to a power of two; the output
 accumulator of a query tile, BLOCK_M x d in fp32, has to stay in registers)."""
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One kernel launch as a launcher makes it: the single source of its compile-time parameters.
+
+    The launchers run exactly these (``kernel[grid](*runtime_args, **constexprs, num_warps=...,
+    num_stages=...)``) and :mod:`.codegen` compiles exactly these for its register and spill check.
+    """
+
+    name: str
+    kernel: object
+    """The ``triton.jit`` function."""
+    grid: tuple[int, ...]
+    constexprs: dict[str, object] = field(default_factory=dict)
+    """Tile sizes, dot precision, scan block and flags, by the kernel's argument names."""
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def launch(self, *args: object) -> None:
+        """Launch on ``args``, the kernel's runtime arguments in order."""
+        self.kernel[self.grid](*args, **self.constexprs, num_warps=self.num_warps, num_stages=self.num_stages)
 
 
 @triton.jit
@@ -57,77 +77,6 @@ def min_capability() -> tuple[int, int]:
     Volta/Turing with a recent Triton) are served by the compiled extension instead.
     """
     return (8, 0) if _triton_version() >= (3, 3) else (7, 0)
-
-
-@functools.cache
-def _capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
-def _device_reasons(facts: CallFacts) -> list[str]:
-    device = facts.device
-    if device.type == "cpu":
-        if interpreting():
-            return []
-        return [
-            "Triton kernels run on CUDA devices only, got a CPU tensor "
-            "(TRITON_INTERPRET=1, set before the package is imported, runs them in Triton's CPU interpreter)"
-        ]
-    if device.type != "cuda":
-        return [f"Triton kernels run on CUDA devices only, got {device.type}"]
-    if interpreting():
-        return []
-    if torch.version.hip is not None:
-        return ["the Triton kernels are not validated on ROCm GPUs"]
-    reasons = []
-    cap = _capability(device.index if device.index is not None else torch.cuda.current_device())
-    floor = min_capability()
-    if cap < floor:
-        reasons.append(
-            f"compute capability {cap[0]}.{cap[1]} is below {floor[0]}.{floor[1]}, the oldest Triton "
-            f"{triton.__version__} supports (Triton 3.3 dropped pre-Ampere tensor-core code generation)"
-        )
-    if facts.dtype == torch.bfloat16 and cap < (8, 0):
-        reasons.append(f"bfloat16 needs compute capability 8.0 or newer, got {cap[0]}.{cap[1]}")
-    return reasons
-
-
-def _dtype_reasons(facts: CallFacts) -> list[str]:
-    if facts.dtype not in FLOAT_DTYPES:
-        return [f"the Triton kernels take float16, bfloat16 or float32, got {facts.dtype}"]
-    return []
-
-
-def unsupported_attention(facts: CallFacts) -> list[str]:
-    """Every reason the Triton attention kernels cannot run a call (empty: they can)."""
-    reasons = _device_reasons(facts) + _dtype_reasons(facts)
-    if interpreting() and facts.dtype == torch.bfloat16:
-        # The interpreter stores bfloat16 as raw 16-bit integers and its tl.dot multiplies those bit
-        # patterns; upstream documents bfloat16 arithmetic as unsupported there.
-        reasons.append("Triton's CPU interpreter does not support bfloat16 matrix products")
-    head_dim = facts.extra.get("head_dim")
-    if isinstance(head_dim, int) and not 1 <= head_dim <= MAX_HEAD_DIM:
-        reasons.append(f"head dim {head_dim} is outside the supported 1..{MAX_HEAD_DIM}")
-    return reasons
-
-
-def unsupported_select_gather(facts: CallFacts) -> list[str]:
-    """Every reason the Triton select-and-gather kernels cannot run a call (empty: they can)."""
-    reasons = _device_reasons(facts) + _dtype_reasons(facts)
-    seq_len = facts.extra.get("seq_len")
-    if isinstance(seq_len, int) and seq_len > MAX_SEQ_LEN:
-        reasons.append(f"sequence length {seq_len} exceeds {MAX_SEQ_LEN}, the longest the kernel's sort key orders")
-    return reasons
-
-
-def not_automatic(facts: CallFacts) -> list[str]:
-    """Reasons to use the Triton backend only when forced: its CPU interpreter is exact but very slow."""
-    if interpreting():
-        return [
-            "Triton would run in its CPU interpreter (TRITON_INTERPRET=1), which is exact but far too "
-            "slow to be chosen automatically; force it with backend='triton' or POWERBERT_BACKEND=triton"
-        ]
-    return []
 
 
 @functools.cache

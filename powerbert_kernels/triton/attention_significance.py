@@ -38,9 +38,9 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from ..ops.attention import attention_with_significance_ref as reference  # noqa: F401  (the semantics)
-from ._common import cuda_device_guard, multiprocessor_count
+from ._common import KernelLaunch, cuda_device_guard, multiprocessor_count
 
-__all__ = ["SINGLE_PASS_MAX_N", "attention_with_significance_triton", "reference"]
+__all__ = ["SINGLE_PASS_MAX_N", "attention_launches", "attention_with_significance_triton", "reference"]
 
 # float32's most negative finite value: the reference's bias for padded keys. In the log2 domain it is
 # still "minus huge": exp2 of (this - a real score) underflows to exactly 0, and a row whose keys are all
@@ -409,6 +409,85 @@ def default_config(
     )
 
 
+def attention_launches(
+    batch: int,
+    seq_len: int,
+    heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    exclude_self: bool,
+    config: AttentionConfig,
+) -> tuple[KernelLaunch, ...]:
+    """The launches of one attention call with ``config``: one single-pass launch, or pass 1 and pass 2.
+
+    Args:
+        batch, seq_len, heads, head_dim: B, N, H and d of the (B, N, H, d) inputs.
+        dtype: the inputs' dtype (float32 inputs take IEEE dots, exact as the reference's).
+        exclude_self: leave each vector's attention to itself out of its significance.
+        config: tile sizes and variant (:func:`default_config`).
+    """
+    if config.variant not in ("single_pass", "two_pass"):
+        raise ValueError(f"config.variant must be 'two_pass' or 'single_pass', got {config.variant!r}")
+    block_d = _pow2(head_dim)
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    if config.variant == "single_pass":
+        if config.block_n < seq_len:
+            raise ValueError(f"config.block_n must cover N={seq_len} for the single-pass kernel, got {config.block_n}")
+        consts = dict(
+            EXCLUDE_SELF=bool(exclude_self),
+            BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n,
+            BLOCK_D=block_d,
+            DOT_PRECISION=precision,
+        )
+        grid = (triton.cdiv(seq_len, config.block_m), batch * heads)
+        return (
+            KernelLaunch(
+                "attention_single_pass",
+                _attention_single_pass_kernel,
+                grid,
+                consts,
+                config.num_warps,
+                config.num_stages,
+            ),
+        )
+    # The span of real positions is found with one vector load for N <= 1024.
+    scan_block = min(_pow2(seq_len), 1024)
+    pass1 = dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_D=block_d,
+        DOT_PRECISION=precision,
+        SCAN_BLOCK=scan_block,
+    )
+    pass2 = dict(
+        EXCLUDE_SELF=bool(exclude_self),
+        BLOCK_M=config.sig_block_m,
+        BLOCK_N=config.sig_block_n,
+        BLOCK_D=block_d,
+        DOT_PRECISION=precision,
+        SCAN_BLOCK=scan_block,
+    )
+    return (
+        KernelLaunch(
+            "attention_pass1",
+            _attention_fwd_kernel,
+            (triton.cdiv(seq_len, config.block_m), batch * heads),
+            pass1,
+            config.num_warps,
+            config.num_stages,
+        ),
+        KernelLaunch(
+            "attention_pass2",
+            _significance_kernel,
+            (triton.cdiv(seq_len, config.sig_block_n), batch),
+            pass2,
+            config.sig_num_warps,
+            config.num_stages,
+        ),
+    )
+
+
 def attention_with_significance_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -446,103 +525,29 @@ def attention_with_significance_triton(
     if config is None:
         config = default_config(B, N, H, d, q.dtype, q.device)
     mask = key_padding_mask.contiguous().view(torch.uint8)
-    block_d = _pow2(d)
     qk_scale = float(scale) * _LOG2E
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    # The span of real positions is found with one vector load for N <= 1024.
-    scan_block = min(_pow2(N), 1024)
     strides = (*_bnh(q), *_bnh(k), *_bnh(v))
 
     with cuda_device_guard(q.device):
         if config.variant == "single_pass":
+            (single,) = attention_launches(B, N, H, d, q.dtype, exclude_self, config)
             try:
-                _launch_single_pass(
-                    q, k, v, mask, out, significance, strides, qk_scale, exclude_self, config, block_d, precision
-                )
+                # Partials laid out (B, H, query blocks, N); a fixed-shape reduction follows: the same
+                # order on every run, unlike atomics.
+                partial = torch.empty(B, H * single.grid[0], N, dtype=torch.float32, device=q.device)
+                single.launch(q, k, v, mask, out, partial, *strides, out.stride(0), out.stride(1), N, H, d, qk_scale)
+                torch.sum(partial, dim=1, out=significance)
                 return out, significance
             except OutOfResources:
                 # This GPU has too little shared memory or registers for the whole-row tile: remember
                 # and use the two-pass kernels, which stream the keys in small tiles.
-                _single_pass_out_of_resources.add((_pow2(N), block_d, q.dtype))
+                _single_pass_out_of_resources.add((_pow2(N), _pow2(d), q.dtype))
                 config = default_config(B, N, H, d, q.dtype, q.device, variant="two_pass")
-        if config.variant != "two_pass":
-            raise ValueError(f"config.variant must be 'two_pass' or 'single_pass', got {config.variant!r}")
+        pass1, pass2 = attention_launches(B, N, H, d, q.dtype, exclude_self, config)
         lse = torch.empty(B * H, N, dtype=torch.float32, device=q.device)
-        _attention_fwd_kernel[(triton.cdiv(N, config.block_m), B * H)](
-            q,
-            k,
-            v,
-            mask,
-            out,
-            lse,
-            *strides,
-            out.stride(0),
-            out.stride(1),
-            N,
-            H,
-            d,
-            qk_scale,
-            BLOCK_M=config.block_m,
-            BLOCK_N=config.block_n,
-            BLOCK_D=block_d,
-            DOT_PRECISION=precision,
-            SCAN_BLOCK=scan_block,
-            num_warps=config.num_warps,
-            num_stages=config.num_stages,
-        )
-        _significance_kernel[(triton.cdiv(N, config.sig_block_n), B)](
-            q,
-            k,
-            mask,
-            lse,
-            significance,
-            *strides[:6],
-            N,
-            H,
-            d,
-            qk_scale,
-            EXCLUDE_SELF=bool(exclude_self),
-            BLOCK_M=config.sig_block_m,
-            BLOCK_N=config.sig_block_n,
-            BLOCK_D=block_d,
-            DOT_PRECISION=precision,
-            SCAN_BLOCK=scan_block,
-            num_warps=config.sig_num_warps,
-            num_stages=config.num_stages,
-        )
+        pass1.launch(q, k, v, mask, out, lse, *strides, out.stride(0), out.stride(1), N, H, d, qk_scale)
+        pass2.launch(q, k, mask, lse, significance, *strides[:6], N, H, d, qk_scale)
     return out, significance
-
-
-def _launch_single_pass(q, k, v, mask, out, significance, strides, qk_scale, exclude_self, config, block_d, precision):
-    B, N, H, d = q.shape
-    if config.block_n < N:
-        raise ValueError(f"config.block_n must cover N={N} for the single-pass kernel, got {config.block_n}")
-    m_blocks = triton.cdiv(N, config.block_m)
-    partial = torch.empty(B, H * m_blocks, N, dtype=torch.float32, device=q.device)
-    _attention_single_pass_kernel[(m_blocks, B * H)](
-        q,
-        k,
-        v,
-        mask,
-        out,
-        partial,
-        *strides,
-        out.stride(0),
-        out.stride(1),
-        N,
-        H,
-        d,
-        qk_scale,
-        EXCLUDE_SELF=bool(exclude_self),
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        BLOCK_D=block_d,
-        DOT_PRECISION=precision,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )
-    # A fixed-shape reduction: the same order on every run, unlike atomics.
-    torch.sum(partial, dim=1, out=significance)
 
 
 def _bnh(t: torch.Tensor) -> tuple[int, int, int]:
@@ -557,8 +562,3 @@ def _check_buffer(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: tor
             f"{name} must be a contiguous {dtype} tensor of shape {shape} on {device}, "
             f"got {t.dtype} {tuple(t.shape)} on {t.device}"
         )
-
-
-def attention_flops(batch: int, seq_len: int, heads: int, head_dim: int) -> int:
-    """Matmul FLOPs of plain attention (Q K^T and P V), the yardstick for achieved TFLOP/s."""
-    return 4 * batch * heads * seq_len * seq_len * head_dim

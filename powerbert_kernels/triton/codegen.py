@@ -2,9 +2,11 @@
 
 Triton's wheels ship ``ptxas`` and ``cuobjdump``, so the kernels can be compiled to machine code for any
 supported architecture on a machine without a GPU: this catches what the CPU interpreter cannot
-(code-generation errors, register spills, shared-memory overflows) for the configurations that
-:func:`~powerbert_kernels.triton.attention_significance.default_config` and the select-gather launcher
-pick. Must run in a process where ``TRITON_INTERPRET`` was not set when the kernels were imported::
+(code-generation errors, register spills, shared-memory overflows) for the launches the launchers make
+(:func:`~powerbert_kernels.triton.attention_significance.attention_launches`,
+:func:`~powerbert_kernels.triton.select_gather.select_gather_launches`): tile sizes, dot precision and
+scan block are read from there, never recomputed. Must run in a process where ``TRITON_INTERPRET`` was
+not set when the kernels were imported::
 
     python -m powerbert_kernels.triton.codegen --arch 80 90
 """
@@ -24,6 +26,7 @@ import triton
 
 from . import attention_significance as attn
 from . import select_gather as sg
+from ._common import KernelLaunch
 
 _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
@@ -57,81 +60,30 @@ def _signature(fn, pointers: dict[str, str], floats: tuple[str, ...], constexprs
     return sig
 
 
+def _job(launch: KernelLaunch, pointers: dict[str, str]) -> tuple:
+    fn = launch.kernel
+    signature = _signature(fn, pointers, ("qk_scale",), launch.constexprs)
+    return launch.name, fn, signature, launch.constexprs, launch.num_warps, launch.num_stages
+
+
 def attention_jobs(
     dtype: torch.dtype, head_dim: int, seq_len: int, batch: int = 64, heads: int = 12, variant: str | None = None
 ) -> list[tuple]:
-    """(name, kernel, signature, constexprs, warps, stages) of every launch of one attention call."""
+    """(name, kernel, signature, constexprs, warps, stages) of every launch of one attention call, as
+    :func:`~powerbert_kernels.triton.attention_significance.attention_launches` makes them."""
     config = attn.default_config(batch, seq_len, heads, head_dim, dtype, torch.device("cpu"), variant)
     t = _TRITON_TYPES[dtype]
-    block_d = attn._pow2(head_dim)
-    precision = "ieee" if dtype == torch.float32 else "tf32"
-    scan = min(attn._pow2(seq_len), 1024)
     io = {"Q": t, "K": t, "V": t, "MASK": "u8", "OUT": t, "LSE": "fp32", "SIG": "fp32", "PARTIAL": "fp32"}
-    if config.variant == "single_pass":
-        fn = attn._attention_single_pass_kernel
-        consts = dict(
-            EXCLUDE_SELF=True, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, DOT_PRECISION=precision
-        )
-        return [
-            (
-                "attention_single_pass",
-                fn,
-                _signature(fn, io, ("qk_scale",), consts),
-                consts,
-                config.num_warps,
-                config.num_stages,
-            )
-        ]
-    fwd, sig = attn._attention_fwd_kernel, attn._significance_kernel
-    fwd_consts = dict(
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, DOT_PRECISION=precision, SCAN_BLOCK=scan
-    )
-    sig_consts = dict(
-        EXCLUDE_SELF=True,
-        BLOCK_M=config.sig_block_m,
-        BLOCK_N=config.sig_block_n,
-        BLOCK_D=block_d,
-        DOT_PRECISION=precision,
-        SCAN_BLOCK=scan,
-    )
-    return [
-        (
-            "attention_pass1",
-            fwd,
-            _signature(fwd, io, ("qk_scale",), fwd_consts),
-            fwd_consts,
-            config.num_warps,
-            config.num_stages,
-        ),
-        (
-            "attention_pass2",
-            sig,
-            _signature(sig, io, ("qk_scale",), sig_consts),
-            sig_consts,
-            config.sig_num_warps,
-            config.num_stages,
-        ),
-    ]
+    launches = attn.attention_launches(batch, seq_len, heads, head_dim, dtype, True, config)
+    return [_job(launch, io) for launch in launches]
 
 
 def select_gather_jobs(dtype: torch.dtype, seq_len: int, hidden_size: int) -> list[tuple]:
-    """(name, kernel, signature, constexprs, warps, stages) of the select and gather launches."""
-    block_i, block_j, select_warps = sg._select_tiles(seq_len)
-    block_r, block_d = sg._gather_tiles(hidden_size, torch.finfo(dtype).bits // 8)
-    sel_consts = dict(BLOCK_I=block_i, BLOCK_J=block_j)
-    gat_consts = dict(BLOCK_R=block_r, BLOCK_D=block_d)
-    io = {
-        "SIG": "fp32",
-        "MASK": "u8",
-        "INDICES": "i64",
-        "MASK_OUT": "u8",
-        "HIDDEN": _TRITON_TYPES[dtype],
-        "OUT": _TRITON_TYPES[dtype],
-    }
-    return [
-        ("select", sg._select_kernel, _signature(sg._select_kernel, io, (), sel_consts), sel_consts, select_warps, 3),
-        ("gather", sg._gather_kernel, _signature(sg._gather_kernel, io, (), gat_consts), gat_consts, 4, 3),
-    ]
+    """(name, kernel, signature, constexprs, warps, stages) of the select and gather launches, as
+    :func:`~powerbert_kernels.triton.select_gather.select_gather_launches` makes them."""
+    t = _TRITON_TYPES[dtype]
+    io = {"SIG": "fp32", "MASK": "u8", "INDICES": "i64", "MASK_OUT": "u8", "HIDDEN": t, "OUT": t}
+    return [_job(launch, io) for launch in sg.select_gather_launches(8, seq_len, hidden_size, seq_len // 2, dtype)]
 
 
 def _resources(cubin: bytes) -> tuple[int | None, int | None]:

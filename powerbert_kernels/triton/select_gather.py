@@ -33,9 +33,9 @@ import triton
 import triton.language as tl
 
 from ..ops.select_gather import select_gather_ref as reference  # noqa: F401  (the semantics)
-from ._common import MAX_SEQ_LEN, cuda_device_guard
+from ._common import MAX_SEQ_LEN, KernelLaunch, cuda_device_guard
 
-__all__ = ["MAX_SEQ_LEN", "reference", "select_gather_triton"]
+__all__ = ["MAX_SEQ_LEN", "reference", "select_gather_launches", "select_gather_triton"]
 
 
 @triton.jit
@@ -150,6 +150,24 @@ def _gather_tiles(D: int, elem: int) -> tuple[int, int]:
     return max(1, (4096 // elem) // block_d), block_d
 
 
+def select_gather_launches(
+    batch: int, seq_len: int, hidden_size: int, keep: int, dtype: torch.dtype
+) -> tuple[KernelLaunch, KernelLaunch]:
+    """The select and the gather launch of one call on hidden (B, N, D) of ``dtype``, ``keep`` kept."""
+    block_i, block_j, select_warps = _select_tiles(seq_len)
+    block_r, block_d = _gather_tiles(hidden_size, torch.finfo(dtype).bits // 8)
+    return (
+        KernelLaunch("select", _select_kernel, (batch,), dict(BLOCK_I=block_i, BLOCK_J=block_j), select_warps),
+        KernelLaunch(
+            "gather",
+            _gather_kernel,
+            (triton.cdiv(keep, block_r), batch, triton.cdiv(hidden_size, block_d)),
+            dict(BLOCK_R=block_r, BLOCK_D=block_d),
+            4,
+        ),
+    )
+
+
 def select_gather_triton(
     hidden: torch.Tensor,
     significance: torch.Tensor,
@@ -197,32 +215,10 @@ def select_gather_triton(
     sig = significance.to(torch.float32).contiguous()
     mask_u8 = mask.contiguous().view(torch.uint8)
 
-    block_i, block_j, select_warps = _select_tiles(N)
-    block_r, block_d = _gather_tiles(D, hidden.element_size())
+    select, gather = select_gather_launches(B, N, D, keep, hidden.dtype)
     with cuda_device_guard(hidden.device):
-        _select_kernel[(B,)](
-            sig,
-            mask_u8,
-            indices,
-            mask_kept.view(torch.uint8),
-            N,
-            keep,
-            BLOCK_I=block_i,
-            BLOCK_J=block_j,
-            num_warps=select_warps,
-        )
-        _gather_kernel[(triton.cdiv(keep, block_r), B, triton.cdiv(D, block_d))](
-            hidden,
-            indices,
-            hidden_kept,
-            hidden.stride(0),
-            hidden.stride(1),
-            keep,
-            D,
-            BLOCK_R=block_r,
-            BLOCK_D=block_d,
-            num_warps=4,
-        )
+        select.launch(sig, mask_u8, indices, mask_kept.view(torch.uint8), N, keep)
+        gather.launch(hidden, indices, hidden_kept, hidden.stride(0), hidden.stride(1), keep, D)
     return hidden_kept, mask_kept, indices
 
 

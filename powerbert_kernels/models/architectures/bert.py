@@ -25,9 +25,6 @@ class BertAdapter(EncoderAdapter):
         if position not in (None, "absolute"):
             raise ValueError(f"model: position_embedding_type={position!r} is not supported (only 'absolute')")
 
-    def base_model(self, model: nn.Module) -> nn.Module:
-        return model if type(model).__name__ in self.base_classes else model.bert
-
     def embed(self, base, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
         return base.embeddings(
             input_ids=input_ids,
@@ -39,7 +36,7 @@ class BertAdapter(EncoderAdapter):
     def layers(self, base: nn.Module) -> Sequence[nn.Module]:
         return base.encoder.layer
 
-    def qkv(self, layer, hidden):
+    def qkv(self, base, layer, hidden, position_ids):
         attn = layer.attention.self
         B, n, _ = hidden.shape
         shape = (B, n, attn.num_attention_heads, attn.attention_head_size)

@@ -11,9 +11,6 @@ class ElectraAdapter(BertAdapter):
     base_classes = ("ElectraModel",)
     cls_heads = ("ElectraForSequenceClassification",)
 
-    def base_model(self, model):
-        return model if type(model).__name__ in self.base_classes else model.electra
-
     def embed(self, base, input_ids, token_type_ids, position_ids, inputs_embeds):
         hidden = super().embed(base, input_ids, token_type_ids, position_ids, inputs_embeds)
         project = getattr(base, "embeddings_project", None)

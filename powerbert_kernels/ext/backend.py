@@ -1,0 +1,132 @@
+"""The ``ext`` backend of the public ops: what it runs, where it can run, and where it is picked.
+
+Importing this module fails, with the reason, when the compiled extension is not built or does not load.
+
+- ``select_gather``: the C++ / CUDA select-and-gather kernel (no sort: O(N) selection per row on the
+  CPU, a rank count per position on the GPU, then a copy of the kept rows).
+- ``attention_with_significance``: attention computed with PyTorch as the reference does (fp32 scores,
+  softmax and probs @ v, block by block over query rows with the reference's memory bound), with the
+  significance of each block of probabilities from ``powerbert::significance_from_probs`` (one read of
+  the block, no vote matrix, the diagonal left out in the same pass). This is what a GPU without fused
+  Triton attention (before Volta) runs.
+
+Where it is picked automatically: on CUDA whenever the kernels were built for the GPU (after Triton in
+the dispatch order, so on GPUs Triton cannot serve); on the CPU only where it measured at least as
+fast as the reference with no more memory (benchmarks/results/ext_cpu.md): select-and-gather yes,
+attention no.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..ops.attention import blocked_attention
+from ..ops.dispatch import OpBackend, OpInputs
+from . import LOAD_ERROR, build_info
+
+if LOAD_ERROR is not None:
+    raise ImportError(LOAD_ERROR)
+
+_BUILD = build_info()
+DETAIL = "C++ CPU kernels" + (f"; CUDA kernels for {_BUILD['cuda_archs']}" if _BUILD["cuda"] else "; no CUDA kernels")
+
+CPU_ATTENTION_NOT_AUTOMATIC = (
+    "on the CPU the extension runs the same PyTorch attention as the reference and only replaces its column "
+    "sums: measured within a few percent of the reference, no consistent gain (benchmarks/results/ext_cpu.md), "
+    "so it runs only when forced"
+)
+
+
+@functools.cache
+def _cuda_device_reasons(index: int) -> tuple[str, ...]:
+    from .. import _C
+
+    if not getattr(_C, "WITH_CUDA", 0):
+        return (
+            "the extension was built without CUDA kernels (rebuild it with a CUDA toolkit and a CUDA "
+            "PyTorch, see docs/ext.md)",
+        )
+    error = _C.cuda_kernel_error(index)
+    if error is None:
+        return ()
+    major, minor = torch.cuda.get_device_capability(index)
+    return (
+        f"its CUDA kernels (built for {_C.CUDA_ARCHS}) cannot run on {torch.cuda.get_device_name(index)} "
+        f'(sm_{major}{minor}): {error}; rebuild with TORCH_CUDA_ARCH_LIST="{major}.{minor}"',
+    )
+
+
+class ExtBackend(OpBackend):
+    """What both ``ext`` implementations support: the CPU, and CUDA devices the kernels were built for."""
+
+    name = "ext"
+
+    @classmethod
+    def not_supported_reasons(cls, inputs: OpInputs) -> list[str]:
+        reasons = super().not_supported_reasons(inputs)
+        device = inputs.device
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            reasons.extend(_cuda_device_reasons(index))
+        return reasons
+
+
+class ExtAttention(ExtBackend):
+    """PyTorch attention, significance from the extension (one read of each block of probabilities)."""
+
+    op = "attention_with_significance"
+
+    @classmethod
+    def forced_only_reasons(cls, inputs: OpInputs) -> list[str]:
+        reasons = super().forced_only_reasons(inputs)
+        if inputs.device.type == "cpu":
+            reasons.append(CPU_ATTENTION_NOT_AUTOMATIC)
+        return reasons
+
+    @staticmethod
+    def apply(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_padding_mask: torch.Tensor,
+        scale: float,
+        exclude_self: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention with significance: PyTorch attention, significance from the extension.
+
+        Args:
+            q, k, v: (B, N, H, d) float, last dimension contiguous.
+            key_padding_mask: (B, N) bool, True = real token.
+            scale: score scale.
+            exclude_self: leave each vector's attention to itself out of its significance.
+
+        Returns:
+            out (B, N, H*d) in the dtype of ``q``; significance (B, N) float32.
+        """
+        mask = key_padding_mask.contiguous()
+
+        def column_sums(probs: torch.Tensor, start: int) -> torch.Tensor:
+            # One read of the block: masked column sums over heads and real rows, diagonal left out.
+            return torch.ops.powerbert.significance_from_probs(probs, mask, start, exclude_self)
+
+        # The reference's blocked attention (same operands, padding bias and memory bound), with the
+        # column sums done by the extension.
+        return blocked_attention(q, k, v, key_padding_mask, scale, column_sums)
+
+
+class ExtSelectGather(ExtBackend):
+    """The C++ / CUDA select-and-gather kernel."""
+
+    op = "select_gather"
+
+    @staticmethod
+    def apply(
+        hidden: torch.Tensor, significance: torch.Tensor, mask: torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shapes as :func:`powerbert_kernels.ops.select_gather_ref`."""
+        return torch.ops.powerbert.select_gather_ext(hidden, significance, mask, keep)
+
+
+IMPLEMENTATIONS = (ExtAttention, ExtSelectGather)
