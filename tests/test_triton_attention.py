@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytest.importorskip("triton")  # the `triton` extra
+
 from powerbert_kernels import ops
 from powerbert_kernels.ops import AttentionInputs, BackendUnavailableError, attention_with_significance_ref
 from powerbert_kernels.triton.attention_significance import (

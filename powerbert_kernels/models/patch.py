@@ -258,7 +258,18 @@ def _key_padding_mask(
 
 
 def _attention_block(
-    adapter, base, layer, hidden, mask, with_significance, exclude_self, plain, all_real, positions, position_ids
+    adapter,
+    base,
+    layer,
+    hidden,
+    mask,
+    with_significance,
+    exclude_self,
+    plain,
+    all_real,
+    positions,
+    position_ids,
+    dropout_p,
 ):
     # A function of its own so that q, k, v and the attention output are freed before the feed-forward
     # block allocates its (B, n, 4D) intermediate: the peak memory then matches the stock layer's.
@@ -267,6 +278,7 @@ def _attention_block(
     n = hidden.shape[1]
     # Before any extraction the positions are 0..n-1: a window of n-1 or more masks nothing.
     if window is not None and (positions is not None or window < n - 1):
+        # Windowed layers (ModernBERT's local attention) train without attention dropout, their default.
         if positions is None:
             positions = torch.arange(n, device=hidden.device)[None]
         if with_significance:
@@ -277,11 +289,60 @@ def _attention_block(
             attn = ops.local_attention(q, k, v, mask, positions, window, scale=scale, implementation=plain)
             significance = None
     elif with_significance:
-        attn, significance = ops.attention_with_significance(q, k, v, mask, scale=scale, exclude_self=exclude_self)
+        attn, significance = ops.attention_with_significance(
+            q, k, v, mask, scale=scale, exclude_self=exclude_self, dropout_p=dropout_p
+        )
     else:
         plain_mask = None if all_real else mask
-        attn, significance = ops.attention(q, k, v, plain_mask, scale=scale, implementation=plain), None
+        attn = ops.attention(q, k, v, plain_mask, scale=scale, implementation=plain, dropout_p=dropout_p)
+        significance = None
     return adapter.attention_output(layer, attn, hidden), significance
+
+
+def _layer(
+    hidden,
+    mask,
+    positions,
+    vector_ids,
+    adapter,
+    base,
+    layer,
+    extract,
+    padded_length,
+    exclude_self,
+    plain,
+    all_real,
+    dropout_p,
+    plan,
+):
+    """One patched encoder layer: attention (+ significance), extract, feed-forward on the kept vectors.
+
+    ``plan`` is the layer's :class:`LayerKeep` for this batch (``None`` for extracts given directly)."""
+    hidden_attn, significance = _attention_block(
+        adapter,
+        base,
+        layer,
+        hidden,
+        mask,
+        extract.needs_significance(hidden.shape[1], padded_length, plan),
+        exclude_self,
+        plain,
+        all_real,
+        positions,
+        vector_ids,
+        dropout_p,
+    )
+    hidden_attn, mask, kept = extract(hidden_attn, significance, mask, padded_length, plan)
+    return adapter.feed_forward(layer, hidden_attn), mask, kept
+
+
+def _attention_dropout(config) -> float:
+    # BERT, RoBERTa and ELECTRA name it attention_probs_dropout_prob, DistilBERT attention_dropout.
+    for name in ("attention_probs_dropout_prob", "attention_dropout"):
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.0
 
 
 _UNSUPPORTED_INPUTS = ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "head_mask")
@@ -339,27 +400,23 @@ def _power_bert_forward(
     vector_ids = position_ids if position_ids is not None else torch.arange(N, device=hidden.device)[None]
     layer_positions, layer_masks = [], []
     all_hidden = [hidden] if output_hidden_states else None
+    # The stock layers' attention dropout, applied in training as theirs is (after the significance is read).
+    dropout_p = _attention_dropout(config) if self.training else 0.0
+    checkpointing = self.training and torch.is_grad_enabled()
     for layer, extract, plan in zip(adapter.layers(self), self.power_extract, plans, strict=True):
-        hidden_attn, significance = _attention_block(
-            adapter,
-            self,
-            layer,
-            hidden,
-            mask,
-            extract.needs_significance(hidden.shape[1], N, plan),
-            state.exclude_self,
-            plain,
-            all_real,
-            positions,
-            vector_ids,
-        )
-        hidden_attn, mask, kept = extract(hidden_attn, significance, mask, N, plan)
+        args = (adapter, self, layer, extract, N, state.exclude_self, plain, all_real, dropout_p, plan)
+        if checkpointing and getattr(layer, "gradient_checkpointing", False):
+            # gradient_checkpointing_enable() marked the layer: run it through HF's checkpoint function, as
+            # the stock layer would be; its activations are recomputed in the backward pass (the selection
+            # too: the same inputs and RNG state give the same kept vectors).
+            hidden, mask, kept = layer._gradient_checkpointing_func(_layer, hidden, mask, positions, vector_ids, *args)
+        else:
+            hidden, mask, kept = _layer(hidden, mask, positions, vector_ids, *args)
         if kept is not None:
             positions = kept if positions is None else positions.gather(1, kept)
             vector_ids = positions if position_ids is None else position_ids.expand(B, N).gather(1, positions)
         layer_positions.append(positions)
         layer_masks.append(mask)
-        hidden = adapter.feed_forward(layer, hidden_attn)
         if output_hidden_states:
             all_hidden.append(hidden)
     hidden = adapter.encoder_output(self, hidden)
