@@ -23,7 +23,7 @@ from .dispatch import (
     registered_backends,
     resolve,
 )
-from .select_gather import cls_positions, select_gather, select_gather_ref, selection_order
+from .select_gather import cls_positions, preference_key, select_gather, select_gather_ref, selection_order
 
 __all__ = [
     "BACKENDS",
@@ -42,6 +42,7 @@ __all__ = [
     "cls_positions",
     "explain",
     "missing_reason",
+    "preference_key",
     "registered_backends",
     "resolve",
     "select_gather",
