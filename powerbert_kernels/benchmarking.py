@@ -41,11 +41,40 @@ if TYPE_CHECKING:  # torch loads on first use, so that `powerbert bench --help` 
 
 HELP = "time the stock Hugging Face model (SDPA attention) against its PoWER-BERT version"
 
-CONFIGS: dict[str, dict[str, int]] = {
-    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
+    "bert-base": ("bert", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)),
+    "bert-large": (
+        "bert",
+        dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    ),
+    "minilm": ("bert", dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)),
+    # albert-base-v2: 128-wide embeddings projected to 768, one layer shared by all 12 applications.
+    "albert-base": (
+        "albert",
+        dict(
+            embedding_size=128,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_hidden_groups=1,
+            num_attention_heads=12,
+            intermediate_size=3072,
+        ),
+    ),
+    "distilbert": ("distilbert", dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072)),
+    # ModernBERT-base: 22 layers, global attention every third, the others local over 128 positions.
+    "modernbert-base": (
+        "modernbert",
+        dict(
+            hidden_size=768,
+            num_hidden_layers=22,
+            num_attention_heads=12,
+            intermediate_size=1152,
+            local_attention=128,
+            global_attn_every_n_layers=3,
+        ),
+    ),
 }
+"""Random-weight sizes for ``powerbert bench --config``: the model type and its configuration."""
 DTYPES = ("bfloat16", "float16", "float32")
 """The ``--dtype`` choices: names of torch dtypes."""
 
@@ -251,7 +280,7 @@ def random_inputs(batch: int, seq_len: int, vocab_size: int, device: torch.devic
 def load_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
     """The stock model with SDPA attention and an independent copy to patch, both in eval mode."""
     import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     if args.model:
         try:
@@ -261,9 +290,10 @@ def load_models(args: argparse.Namespace, device: torch.device, dtype: torch.dty
         except OSError as e:
             raise load_error("--model", args.model, e) from e
     else:
-        config = BertConfig(**CONFIGS[args.config], num_labels=2, attn_implementation="sdpa")
+        model_type, sizes = CONFIGS[args.config]
+        config = AutoConfig.for_model(model_type, **sizes, num_labels=2)
         torch.manual_seed(0)
-        baseline = BertForSequenceClassification(config).to(dtype)
+        baseline = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa").to(dtype)
     baseline = baseline.to(device).eval()
     return baseline, copy.deepcopy(baseline)
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 from tolerance import assert_close_to_reference
 
+pytest.importorskip("triton")  # the `triton` extra
+
 from powerbert_kernels import ops
 from powerbert_kernels.ops import AttentionInputs, BackendUnavailableError, attention_with_significance_ref
 from powerbert_kernels.triton.attention_significance import (

@@ -23,6 +23,7 @@ from .dispatch import (
     registered_backends,
     resolve,
 )
+from .local_attention import local_attention, local_attention_mask, local_attention_with_significance
 from .select_gather import cls_positions, preference_key, select_gather, select_gather_ref, selection_order
 
 __all__ = [
@@ -41,6 +42,9 @@ __all__ = [
     "backend_report",
     "cls_positions",
     "explain",
+    "local_attention",
+    "local_attention_mask",
+    "local_attention_with_significance",
     "missing_reason",
     "preference_key",
     "registered_backends",

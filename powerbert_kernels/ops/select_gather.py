@@ -185,6 +185,8 @@ def select_gather(
         raise TypeError(f"keep must be an int, got {type(keep).__name__}")
     if not 1 <= keep <= N:
         raise ValueError(f"keep must be between 1 and N={N}, got {keep}")
+    if B == 0:
+        return hidden.new_empty(0, keep, D), mask.new_empty(0, keep), hidden.new_empty(0, keep, dtype=torch.int64)
     inputs = dispatch.SelectGatherInputs(hidden.device, hidden.dtype, batch=B, seq_len=N, hidden_size=D, keep=keep)
     name = dispatch.resolve(OP, inputs, backend)
     return torch.ops.powerbert.select_gather(hidden, significance.float().contiguous(), mask.contiguous(), keep, name)

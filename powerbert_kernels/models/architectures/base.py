@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -11,10 +11,15 @@ from torch import nn
 class EncoderAdapter:
     """How to run one BERT-family architecture piece by piece.
 
-    The patched forward calls these in order for every layer: :meth:`qkv`, the attention op,
-    :meth:`attention_output`, the extract step, :meth:`feed_forward`. Subclasses set the class names
-    they accept and implement the methods with the model's own submodules, so patching keeps every
-    weight in place.
+    The patched forward calls :meth:`embed`, then for every entry of :meth:`layers`: :meth:`qkv`, the
+    attention op (global, or local when :meth:`attention_window` gives a window), :meth:`attention_output`,
+    the extract step, :meth:`feed_forward`; then :meth:`encoder_output` and :meth:`pool`. Subclasses set
+    the class names they accept and implement the methods with the model's own submodules, so patching
+    keeps every weight in place.
+
+    Every vector keeps its original input position through the extractions: the patched forward hands
+    :meth:`qkv` the position ids of the vectors it receives (for rotary embeddings) and measures local
+    attention windows in original positions.
     """
 
     model_types: tuple[str, ...] = ()
@@ -37,12 +42,24 @@ class EncoderAdapter:
         raise NotImplementedError
 
     def layers(self, base: nn.Module) -> Sequence[nn.Module]:
-        """The encoder layers in order (a shared layer may appear several times)."""
+        """The encoder layers in order, one per retention entry (a shared layer may appear several times)."""
         raise NotImplementedError
 
-    def qkv(self, layer: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """Project ``hidden`` (B, n, D) to q, k, v, each (B, n, H, d), and return the score scale."""
+    def qkv(
+        self, base: nn.Module, layer: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """Project ``hidden`` (B, n, D) to q, k, v, each (B, n, H, d), and return the score scale.
+
+        ``position_ids`` (B, n) or (1, n) int64 are the position ids of those n vectors (the input's,
+        gathered with the vectors at every extraction): a rotary model rotates q and k by them, a model
+        with absolute position embeddings ignores them.
+        """
         raise NotImplementedError
+
+    def attention_window(self, layer: nn.Module) -> int | None:
+        """For a local-attention layer, the largest distance (in original input positions) between a
+        query and a key it attends to; ``None`` for global attention (the default)."""
+        return None
 
     def attention_output(self, layer: nn.Module, attn: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Output projection, dropout, residual and LayerNorm of the attention block: (B, n, D)."""
@@ -51,6 +68,16 @@ class EncoderAdapter:
     def feed_forward(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The layer's feed-forward block with its residual and LayerNorm: (B, n, D)."""
         raise NotImplementedError
+
+    def encoder_output(self, base: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """What the encoder applies after its last layer (e.g. a final LayerNorm): (B, l_L, D)."""
+        return hidden
+
+    def head_forward(self, model: nn.Module) -> Callable[..., object] | None:
+        """A replacement ``forward`` for a task head whose own one cannot read a pruned encoder output
+        (e.g. mean pooling with the input's attention mask), bound to ``model`` while it is patched;
+        ``None`` (the default) keeps the head's own."""
+        return None
 
     def pool(self, base: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
         """The pooler output from the CLS vector ``hidden[:, 0]``, or None if the model has no pooler."""
@@ -61,12 +88,14 @@ class EncoderAdapter:
         return 0
 
     def dims(self, config) -> dict[str, int]:
-        """``hidden``, ``heads``, ``intermediate``, ``layers``: what the FLOP count needs."""
+        """What the FLOP count needs: ``hidden`` D, ``heads`` H, ``layers`` (entries of :meth:`layers`)
+        and ``ffn_weights``, the multiply-adds per vector of one feed-forward block (``2 * D *
+        intermediate`` for BERT's two matrices)."""
         return {
             "hidden": config.hidden_size,
             "heads": config.num_attention_heads,
-            "intermediate": config.intermediate_size,
             "layers": config.num_hidden_layers,
+            "ffn_weights": 2 * config.hidden_size * config.intermediate_size,
         }
 
 

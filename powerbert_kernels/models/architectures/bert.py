@@ -36,7 +36,7 @@ class BertAdapter(EncoderAdapter):
     def layers(self, base: nn.Module) -> Sequence[nn.Module]:
         return base.encoder.layer
 
-    def qkv(self, layer, hidden):
+    def qkv(self, base, layer, hidden, position_ids):
         attn = layer.attention.self
         B, n, _ = hidden.shape
         shape = (B, n, attn.num_attention_heads, attn.attention_head_size)
