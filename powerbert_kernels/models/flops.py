@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..ops.attention import attention_flops
 from .architectures import adapter_for
 from .retention import Retention, keep_counts, validate_retention
 from .sentence import is_sentence_transformer, transformer_module
@@ -67,7 +68,7 @@ def _flops(model: nn.Module, adapter, dims: dict[str, int], batch: int, seq_len:
     for kept in keeps:
         rows = batch * received
         total += 2 * rows * D * 3 * A  # Q, K, V projections
-        total += 4 * batch * received * received * A  # Q K^T and P V
+        total += attention_flops(batch, received, H, D // H)
         total += 2 * rows * A * D  # attention output projection
         total += 2 * (batch * kept) * ffn  # feed-forward, on the kept vectors only
         received = kept
