@@ -24,7 +24,7 @@ from torch import nn
 
 from .models import HardExtract, is_patched
 from .models.architectures import adapter_for
-from .models.patch import _STATE, _patched_base
+from .models.patch import _patched_base
 from .ops.decompositions import DECOMPOSITIONS
 
 ONNX_EXTRA_HINT = "pip install 'powerbert-kernels[onnx]'"
@@ -164,17 +164,13 @@ def example_inputs(
 
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    # Exports describe inference; dropout must not enter the graph. The mode is restored afterwards, and
-    # so is the patched encoder's record of its last kept indices (tracing leaves a fake tensor there).
+    # Exports describe inference: dropout must not enter the graph. The caller's mode is restored.
     training = model.training
-    base = _patched_base(model)
     model.eval()
     try:
         yield
     finally:
         model.train(training)
-        if base is not None:
-            getattr(base, _STATE).last_kept_indices = None
 
 
 def _export(model: nn.Module, decompose: bool) -> torch.export.ExportedProgram:
