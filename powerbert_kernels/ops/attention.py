@@ -112,6 +112,8 @@ def blocked_attention(
         out: (B, N, H*d) in the dtype of ``q``; significance: (B, N) float32, the sum over blocks.
     """
     B, N, H, d = q.shape
+    if B * H * N * d == 0:
+        return q.new_zeros(B, N, H * d), torch.zeros(B, N, dtype=torch.float32, device=q.device)
     # One contiguous (B*H, N, d) copy of each input, scale folded into q: every block's GEMMs then read
     # dense operands instead of re-gathering the strided projection views block after block.
     qf = torch.empty(B, H, N, d, dtype=torch.float32, device=q.device)
@@ -304,7 +306,11 @@ def attention_with_significance(
     B, N, H, d = q.shape
     check_mask("key_padding_mask", key_padding_mask, B, N, q.device)
     scale = _check_scale(scale, d)
-    if _check_dropout(dropout_p, backend) > 0:
+    dropout_p = _check_dropout(dropout_p, backend)
+    if B == 0:
+        # An empty batch: nothing to launch (a kernel grid or a block size of zero rows is undefined).
+        return q.new_empty(0, N, H * d), torch.zeros(0, N, dtype=torch.float32, device=q.device)
+    if dropout_p > 0:
         return attention_with_significance_dropout(q, k, v, key_padding_mask, scale, bool(exclude_self), dropout_p)
     inputs = dispatch.AttentionInputs(q.device, q.dtype, batch=B, seq_len=N, heads=H, head_dim=d)
     name = dispatch.resolve(OP, inputs, backend)
