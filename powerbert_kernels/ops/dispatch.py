@@ -177,6 +177,7 @@ def _capability(index: int) -> tuple[int, int]:
     # Asked on every dispatch to a GPU: once per device is enough.
     return torch.cuda.get_device_capability(index)
 
+
 _REGISTRY: dict[str, dict[str, type[OpBackend]]] = {}
 _MISSING: dict[str, str] = {}
 _LOADED = False
