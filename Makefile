@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+# The build's setuptools, as pyproject.toml's [build-system] (PyTorch 2.11 refuses setuptools 82 and newer).
+SETUPTOOLS ?= setuptools>=77.0.3,<82
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --upgrade "setuptools>=70.1" wheel ninja $(TORCH)
+	$(VENV)/bin/pip install --upgrade "$(SETUPTOOLS)" wheel ninja $(TORCH)
 	$(VENV)/bin/pip install --no-build-isolation -e ".[test]"
 	touch $@
 

@@ -1,12 +1,14 @@
-"""The whole GPU benchmark sweep in one call: kernels, the issue's targets, end to end.
+"""The whole GPU benchmark sweep in one call: kernels, the performance targets, end to end.
 
 Usage (on a machine with a CUDA GPU)::
 
-    python benchmarks/gpu_sweep.py [--out benchmarks/results] [--quick] [--tune] [--skip-e2e]
+    python benchmarks/gpu_sweep.py [--out benchmarks/results] [--stem gpu_sweep] [--quick] [--tune]
+                                   [--skip-e2e] [--sections NAME,NAME,...] [--list]
 
-Writes ``gpu_sweep.json`` (every number, the environment, any section that failed with its error) and
-``gpu_sweep.md`` (the same as Markdown tables) to the output folder, rewriting both after each section
-so that a run cut short still leaves its results. Sections:
+Writes ``<stem>.json`` (every number, the environment, any section that failed with its error) and
+``<stem>.md`` (the same as Markdown tables) to the output folder, rewriting both after each section
+so that a run cut short still leaves its results. ``--sections`` runs the named sections only, in the
+order given (``--list`` prints them); ``benchmarks/run_gpu.sh`` runs the targets first that way. Sections:
 
 1. correctness on the GPU: Triton vs the reference at the sweep's shapes (max errors), before timing;
 2. attention and select-gather sweeps: torch / triton / ext over B in {1, 32, 128}, N in {64 .. 1024};
@@ -16,7 +18,12 @@ so that a run cut short still leaves its results. Sections:
    N=512, D=768, fp16; goal >= 70% of its bandwidth); bert-base (random weights, fp16) end to end vs HF
    SDPA at B=128, N=128 with the paper-style retention 76,62,...,3 (goal: speed-up >= 0.9 x FLOP
    ratio) and at B=32, N=512 (goal: peak memory <= HF SDPA + 10%);
-5. optional (``--tune``): a small grid of tile configurations at the target shapes (check a new
+5. small batches, where launch overhead hides any saving: bert-base fp16, N=128, B=8 then B=1, both
+   models under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), beside the eager speed-up
+   (goal at B=8: speed-up >= 0.8 x FLOP ratio);
+6. the CUDA extension's targets (when it is built with CUDA kernels): its select-gather against the
+   copy bandwidth (goal >= 50%) and its attention against SDPA;
+7. optional (``--tune``): a small grid of tile configurations at the target shapes (check a new
    choice for spills with ``python -m powerbert_kernels.triton.codegen`` before adopting it).
 
 Kernel times are medians of ``triton.testing.do_bench`` (CUDA events, warm-up); model times come from
@@ -71,8 +78,9 @@ SWEEP_N = (64, 128, 256, 512, 1024)
 class Report:
     """Collects sections and rewrites the JSON and Markdown files after each one."""
 
-    def __init__(self, out: Path, environment: dict) -> None:
+    def __init__(self, out: Path, environment: dict, stem: str = "gpu_sweep") -> None:
         self.out = out
+        self.stem = stem
         self.data: dict[str, object] = {"environment": environment, "sections": {}}
         self.md: list[str] = []
 
@@ -91,18 +99,42 @@ class Report:
         print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
         self.write()
 
+    def verdict(self) -> str:
+        """One line: sections that ran and failed, goals met and missed."""
+        goals = []
+
+        def collect(value) -> None:
+            if isinstance(value, dict):
+                if isinstance(value.get("met"), bool):
+                    goals.append(value["met"])
+                for item in value.values():
+                    if isinstance(item, dict | list):
+                        collect(item)
+            elif isinstance(value, list):
+                for item in value:
+                    collect(item)
+
+        sections = self.data["sections"]
+        failed = [name for name, result in sections.items() if isinstance(result, dict) and "error" in result]
+        collect(sections)
+        which = f" ({', '.join(failed)})" if failed else ""
+        return (
+            f"sections: {len(sections) - len(failed)} ok, {len(failed)} failed{which}; "
+            f"goals: {sum(goals)} met, {len(goals) - sum(goals)} not met"
+        )
+
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "gpu_sweep.json").write_text(json.dumps(self.data, indent=1, default=str))
+        (self.out / f"{self.stem}.json").write_text(json.dumps(self.data, indent=1, default=str))
         env = self.data["environment"]
         head = [
-            "# GPU sweep",
+            f"# GPU sweep: {self.stem}",
             "",
             f"{env.get('device_name')} | torch {env.get('torch')} | triton {env.get('triton')} | "
             f"transformers {env.get('transformers')} | CUDA {env.get('cuda')} | {env.get('date')}",
             "",
         ]
-        (self.out / "gpu_sweep.md").write_text("\n".join(head + self.md) + "\n")
+        (self.out / f"{self.stem}.md").write_text("\n".join(head + self.md) + "\n")
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> list[str]:
@@ -408,6 +440,130 @@ def end_to_end(
     return results, lines
 
 
+SMALL_BATCHES = (8, 1)
+"""The target batch (B=8) first: compiling the two models for each batch size takes most of the time."""
+
+
+def small_batch(
+    batches=SMALL_BATCHES,
+    seq_len: int = 128,
+    config: str = "bert-base",
+    dtype: torch.dtype = torch.float16,
+    retention=E2E_RETENTION,
+    repeats: int = 20,
+) -> tuple[list[dict], list[str]]:
+    device = _measure.DEVICE
+    baseline, power = bm.load_models(argparse.Namespace(model=None, config=config), device, dtype)
+    apply_power_bert(power, retention)
+    # Fixed shapes: one CUDA graph per model and batch size, as a server with padded batches would use.
+    compiled = {
+        "hf_sdpa": torch.compile(baseline, mode="reduce-overhead", dynamic=False),
+        "power": torch.compile(power, mode="reduce-overhead", dynamic=False),
+    }
+    rows = []
+    for B in batches:
+        inputs = bm.random_inputs(B, seq_len, baseline.config.vocab_size, device)
+        row: dict[str, object] = {"B": B, "N": seq_len, "flop_ratio": flop_ratio(baseline, B, seq_len, retention)}
+        eager = bm.compare_models(baseline, power, inputs, repeats=repeats, warmup=3, measure_memory=False)
+        row["eager_speedup"] = eager.speedup
+        for name, model in compiled.items():
+
+            def call(model=model, inputs=inputs):
+                torch.compiler.cudagraph_mark_step_begin()
+                return model(**inputs)
+
+            try:
+                with torch.inference_mode():
+                    start = time.perf_counter()
+                    for _ in range(3):  # compile, record the graph, replay
+                        call()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    row[f"{name}_compile_s"] = time.perf_counter() - start
+                    row[f"{name}_ms"] = median_ms(call)
+            except Exception as exc:  # a graph break or a capture failure: recorded, the other model still runs
+                row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if "hf_sdpa_ms" in row and "power_ms" in row:
+            row["speedup"] = row["hf_sdpa_ms"] / row["power_ms"]
+            row["of_flop_ratio"] = row["speedup"] / row["flop_ratio"]
+            if B == 8:
+                row["goal"] = "speed-up >= 0.8 x FLOP ratio"
+                row["met"] = row["of_flop_ratio"] >= 0.8
+        rows.append(row)
+    return rows, [
+        f"{config} random weights {str(dtype)[6:]}, retention {list(retention)}, torch.compile(mode='reduce-overhead')",
+        "",
+        *table(
+            rows,
+            [
+                ("B", "B", ""),
+                ("flop_ratio", "FLOP ratio", ".2f"),
+                ("eager_speedup", "eager speed-up", ".2f"),
+                ("hf_sdpa_ms", "HF SDPA graph ms", ".3f"),
+                ("power_ms", "PoWER graph ms", ".3f"),
+                ("speedup", "graph speed-up", ".2f"),
+                ("of_flop_ratio", "of FLOP ratio", ".2f"),
+                ("met", ">= 0.8 at B=8", ""),
+                ("hf_sdpa_compile_s", "HF compile s", ".0f"),
+                ("power_compile_s", "PoWER compile s", ".0f"),
+                ("hf_sdpa_error", "HF error", ""),
+                ("power_error", "PoWER error", ""),
+            ],
+        ),
+    ]
+
+
+def ext_targets(
+    batch: int = 128,
+    seq_len: int = 512,
+    hidden_size: int = 768,
+    keeps=(128, 256, 384),
+    attention_batch: int = 64,
+    attention_lengths=(128, 512),
+) -> tuple[list[dict], list[str]]:
+    for op in (SELECT_GATHER_OP, ATTENTION_OP):
+        reason = provider_available(op, "ext")
+        if reason:
+            raise RuntimeError(f"{reason} (build the extension with CUDA kernels first)")
+    rows = []
+    for keep in keeps:
+        copy = copy_gbps(batch, keep, hidden_size)
+        ours = measure_select_gather("ext", batch, seq_len, keep, hidden_size)
+        fraction = ours["gbps"] / copy["gbps"]
+        rows.append(
+            {
+                "what": f"select-gather B={batch} N={seq_len} D={hidden_size} keep={keep}",
+                "ext_ms": ours["ms"],
+                "value": f"{ours['gbps']:.0f} GB/s = {fraction:.0%} of copy ({copy['gbps']:.0f} GB/s)",
+                "goal": ">= 50% of copy",
+                "met": fraction >= 0.5,
+            }
+        )
+    for N in attention_lengths:
+        q, k, v, mask = attention_inputs(attention_batch, N)
+        ours = median_ms(attention_fn("ext", q, k, v, mask))
+        sdpa = median_ms(_sdpa(q, k, v, mask))
+        rows.append(
+            {
+                "what": f"attention B={attention_batch} H=12 d=64 N={N}",
+                "ext_ms": ours,
+                "value": f"{ours / sdpa:.2f}x SDPA ({sdpa:.3f} ms)",
+                "goal": "(the Triton kernel's goal: <= 1.5x)",
+                "met": None,
+            }
+        )
+    return rows, table(
+        rows,
+        [
+            ("what", "ext (fp16)", ""),
+            ("ext_ms", "ms", ".4f"),
+            ("value", "result", ""),
+            ("goal", "goal", ""),
+            ("met", "met", ""),
+        ],
+    )
+
+
 def tune(lengths, batch: int = 64) -> tuple[dict, list[str]]:
     rows = []
     for N in lengths:
@@ -455,57 +611,84 @@ def tune(lengths, batch: int = 64) -> tuple[dict, list[str]]:
     return {"rows": rows, "best": best, "default": default}, lines
 
 
+def plan(quick: bool, skip_e2e: bool, with_tune: bool) -> list[tuple[str, str, object, tuple]]:
+    """The sections in their default order: (name, title, function, arguments)."""
+    batches = (1, 128) if quick else SWEEP_B
+    lengths = (64, 128, 512) if quick else SWEEP_N
+    sections = [
+        (
+            "correctness",
+            "Correctness on the GPU (Triton vs reference, fp16, exclude_self)",
+            correctness,
+            ([(2, 1), (3, 77), (8, 128), (4, 256), (4, 257), (2, 1024), (1, 4096)],),
+        ),
+        ("attention", "Attention with significance (H=12, d=64, fp16)", attention_sweep, (batches, lengths)),
+        ("select_gather", "Select-gather (D=768, keep=N/2, fp16)", select_gather_sweep, (batches, lengths)),
+        (
+            "variants",
+            "Attention: single pass vs two passes",
+            variants,
+            ((128,) if quick else (32, 128), (64, 128, 256)),
+        ),
+        ("target_attention", "Target: attention vs SDPA (B=64, H=12, d=64, fp16)", attention_target, ((128, 512),)),
+        (
+            "target_select_gather",
+            "Target: select-gather vs copy bandwidth (B=128, N=512, D=768, fp16)",
+            gather_target,
+            ((128, 256, 384),),
+        ),
+    ]
+    if not skip_e2e:
+        sections += [
+            ("end_to_end", "Targets: bert-base end to end vs HF SDPA", end_to_end, (quick,)),
+            ("small_batch", "Target: small batches under CUDA graphs (bert-base, N=128)", small_batch, ()),
+        ]
+    sections.append(("ext_targets", "The CUDA extension: select-gather bandwidth, attention vs SDPA", ext_targets, ()))
+    if with_tune:
+        sections.append(("tune", "Tile configurations at the target shapes", tune, ((128, 512),)))
+    return sections
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--out",
         type=Path,
         default=Path(__file__).resolve().parent / "results",
-        help="folder for gpu_sweep.json and gpu_sweep.md (default: benchmarks/results)",
+        help="folder for <stem>.json and <stem>.md (default: benchmarks/results)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats (a few minutes)")
     parser.add_argument("--tune", action="store_true", help="also time a grid of tile configurations")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end model comparisons")
+    parser.add_argument("--stem", default="gpu_sweep", help="name of the output files (default: gpu_sweep)")
+    parser.add_argument("--sections", help="comma-separated sections to run, in this order (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the sections and exit")
     args = parser.parse_args(argv)
+    sections = plan(args.quick, args.skip_e2e, args.tune)
+    if args.list:
+        for name, title, _fn, _args in sections:
+            print(f"{name:22s} {title}")
+        return 0
+    if args.sections:
+        by_name = {section[0]: section for section in sections}
+        wanted = [name.strip() for name in args.sections.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in by_name]
+        if unknown or not wanted:
+            parser.error(
+                f"--sections: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(by_name)}"
+            )
+        sections = [by_name[name] for name in wanted]
     if not torch.cuda.is_available():
         print("gpu_sweep: no CUDA device; nothing to measure", file=sys.stderr)
         return 2
     environment = bm.environment(torch.device("cuda"))
     environment["registered_backends"] = {op: ops.registered_backends(op) for op in (ATTENTION_OP, SELECT_GATHER_OP)}
     environment["single_pass_max_n"] = attn_mod.SINGLE_PASS_MAX_N
-    report = Report(args.out, environment)
-    batches = (1, 128) if args.quick else SWEEP_B
-    lengths = (64, 128, 512) if args.quick else SWEEP_N
-
-    report.section(
-        "correctness",
-        "Correctness on the GPU (Triton vs reference, fp16, exclude_self)",
-        correctness,
-        [(2, 1), (3, 77), (8, 128), (4, 256), (4, 257), (2, 1024), (1, 4096)],
-    )
-    report.section("attention", "Attention with significance (H=12, d=64, fp16)", attention_sweep, batches, lengths)
-    report.section("select_gather", "Select-gather (D=768, keep=N/2, fp16)", select_gather_sweep, batches, lengths)
-    report.section(
-        "variants",
-        "Attention: single pass vs two passes",
-        variants,
-        (128,) if args.quick else (32, 128),
-        (64, 128, 256),
-    )
-    report.section(
-        "target_attention", "Target: attention vs SDPA (B=64, H=12, d=64, fp16)", attention_target, (128, 512)
-    )
-    report.section(
-        "target_select_gather",
-        "Target: select-gather vs copy bandwidth (B=128, N=512, D=768, fp16)",
-        gather_target,
-        (128, 256, 384),
-    )
-    if not args.skip_e2e:
-        report.section("end_to_end", "Targets: bert-base end to end vs HF SDPA", end_to_end, args.quick)
-    if args.tune:
-        report.section("tune", "Tile configurations at the target shapes", tune, (128, 512))
-    print(f"wrote {args.out / 'gpu_sweep.json'} and {args.out / 'gpu_sweep.md'}")
+    report = Report(args.out, environment, args.stem)
+    for name, title, fn, fn_args in sections:
+        report.section(name, title, fn, *fn_args)
+    print(f"wrote {args.out / (args.stem + '.json')} and {args.out / (args.stem + '.md')}")
+    print(report.verdict())
     return 0
 
 

@@ -51,7 +51,7 @@ def test_demo_runs_on_the_default_model(minilm_path, capsys):
     out = capsys.readouterr().out
     assert "L6" in out and "[CLS]" in out
     assert "speed-up" in out and "FLOP ratio" in out
-    assert "embedding cosine to the stock model" in out
+    assert "embedding cosine to the stock model (SentenceTransformer.encode)" in out
 
 
 def test_demo_takes_a_model_folder_and_texts(minilm_path, capsys):

@@ -17,7 +17,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions, SequenceClassifierOutput
 
 from powerbert_kernels import apply_power_bert, is_patched, remove_power_bert
-from powerbert_kernels.models import keep_counts
+from powerbert_kernels.models import row_keep_counts
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the quiet river bank.",
@@ -99,8 +99,12 @@ def test_rows_are_independent_of_their_batch(patched_minilm, minilm_tokenizer):
         together = patched_minilm(**batch)
         for b in range(len(SENTENCES)):
             alone = patched_minilm(**{k: v[b : b + 1] for k, v in batch.items()})
-            assert torch.equal(alone.kept_indices[0], together.kept_indices[b])
-            torch.testing.assert_close(alone.last_hidden_state[0], together.last_hidden_state[b], atol=2e-5, rtol=1e-5)
+            # The batch output is as wide as its largest count: compare the row's real kept vectors.
+            mine, theirs = alone.kept_attention_mask[0], together.kept_attention_mask[b]
+            assert torch.equal(alone.kept_indices[0][mine], together.kept_indices[b][theirs])
+            torch.testing.assert_close(
+                alone.last_hidden_state[0][mine], together.last_hidden_state[b][theirs], atol=2e-5, rtol=1e-5
+            )
             torch.testing.assert_close(alone.pooler_output[0], together.pooler_output[b], atol=2e-5, rtol=1e-5)
 
 
@@ -111,14 +115,14 @@ def test_left_padding_keeps_only_real_tokens(patched_minilm, minilm_tokenizer):
     with torch.no_grad():
         out_left = patched_minilm(**left)
         out_right = patched_minilm(**right)
-    counts = keep_counts([0.8, 0.6, 0.5, 0.4, 0.3, 0.2], N)
+    counts = row_keep_counts([0.8, 0.6, 0.5, 0.4, 0.3, 0.2], lengths.tolist())
     for layer, kept in enumerate(out_left.layer_kept_indices):
-        kept_real = left["attention_mask"].gather(1, kept).bool()
+        kept_real = left["attention_mask"].gather(1, kept).bool() & out_left.layer_kept_attention_mask[layer]
         for b in range(len(SENTENCES)):
-            if lengths[b] >= counts[layer]:
-                assert kept_real[b].all(), f"layer {layer + 1}, row {b}: padding kept over a real token"
-            else:
-                assert kept_real[b].sum() == lengths[b], f"layer {layer + 1}, row {b}: a real token was dropped"
+            # Each row keeps its own count of real tokens (a fraction of its length), real ones first.
+            n = counts[b][layer]
+            assert kept_real[b, :n].all(), f"layer {layer + 1}, row {b}: padding kept over a real token"
+            assert kept_real[b].sum() == n, f"layer {layer + 1}, row {b}: kept {kept_real[b].sum()} real, want {n}"
     # The same sentence keeps the same tokens whichever side it is padded on (shifted by the padding).
     offset = (N - lengths)[:, None]
     full = lengths == lengths.max()

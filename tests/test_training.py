@@ -196,6 +196,19 @@ def task(tmp_path):
     return synthetic_task(tmp_path)
 
 
+@pytest.fixture
+def train_command():
+    """`powerbert train` loads accelerate (its process state) before it reads the data and the model."""
+    pytest.importorskip("accelerate")
+
+
+@pytest.fixture
+def training_stack():
+    """Training itself: ``datasets`` holds the tokenized data, ``Trainer`` needs accelerate."""
+    pytest.importorskip("datasets")
+    pytest.importorskip("accelerate")
+
+
 def cli_error(argv: list[str], capsys) -> str:
     """Run the command expecting a user error: exit status 2 and one clean line on stderr."""
     code = main(argv)
@@ -206,18 +219,20 @@ def cli_error(argv: list[str], capsys) -> str:
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    "extra, message, reads_data",
     [
-        (["--lambda", "-0.001"], "--lambda must be >= 0"),
-        (["--max-length", "1"], "--max-length must be an int >= 2"),
-        (["--max-length", "100"], "exceeds the model's maximum positions"),
-        (["--text-column", "text"], "no column 'text'"),
-        (["--label-column", "gold"], "no column 'gold'"),
-        (["--lr", "0"], "--lr must be a positive number"),
-        (["--metric", "mcc", "--from-finetuned", "--from-searched"], "alternatives"),
+        (["--lambda", "-0.001"], "--lambda must be >= 0", False),
+        (["--max-length", "1"], "--max-length must be an int >= 2", False),
+        (["--max-length", "100"], "exceeds the model's maximum positions", True),
+        (["--text-column", "text"], "no column 'text'", True),
+        (["--label-column", "gold"], "no column 'gold'", True),
+        (["--lr", "0"], "--lr must be a positive number", False),
+        (["--metric", "mcc", "--from-finetuned", "--from-searched"], "alternatives", False),
     ],
 )
-def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, capsys):
+def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, reads_data, capsys):
+    if reads_data:  # options are checked at once; the data and the model after accelerate has loaded
+        pytest.importorskip("accelerate")
     out = tmp_path / "out"
     args = [
         "train",
@@ -235,7 +250,7 @@ def test_cli_refuses_bad_input_before_training(task, tmp_path, extra, message, c
     assert not out.exists()  # nothing was trained or written
 
 
-def test_cli_refuses_unknown_labels_and_empty_files(task, tmp_path, capsys):
+def test_cli_refuses_unknown_labels_and_empty_files(task, tmp_path, capsys, train_command):
     dev = write_tsv(tmp_path / "dev_bad.tsv", [("w1 pos", "yes"), ("w2 neg", "perhaps")])
     out = str(tmp_path / "out")
     argv = ["train", "--model", task["model"], "--train-file", task["train"], "--eval-file", dev, "--output-dir", out]
@@ -283,7 +298,7 @@ def test_select_run_prefers_fastest_within_the_allowed_drop():
 # ---------------------------------------------------------------------------------------------- the search trainer
 
 
-def test_search_trainer_gives_r_its_own_group_and_clips(task, tmp_path, one_thread):
+def test_search_trainer_gives_r_its_own_group_and_clips(task, tmp_path, one_thread, training_stack):
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     from powerbert_kernels.training.data import tokenize
@@ -368,7 +383,7 @@ def kept_markers(model_dir: str, dev: str) -> list[tuple[int, float]]:
     return result
 
 
-def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread):
+def test_end_to_end_learns_to_keep_the_markers(task, tmp_path, one_thread, training_stack):
     out = tmp_path / "run"
     common = [
         "--train-file",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+pytest.importorskip("triton")  # the `triton` extra
+
 from transformers import BertConfig, BertModel
 
 from powerbert_kernels import apply_power_bert, ops

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+pytest.importorskip("triton")  # the `triton` extra
+
 from test_triton_attention import make_mask
 
 from powerbert_kernels import ops

@@ -3,8 +3,9 @@
 from .architectures import EncoderAdapter, register_adapter, registered_model_types
 from .extract import Extract, HardExtract
 from .flops import flop_ratio, model_flops
+from .loading import from_pretrained
 from .patch import PowerBertModelOutput, apply_power_bert, is_patched, remove_power_bert
-from .retention import keep_counts, parse_retention, validate_retention
+from .retention import LayerKeep, keep_counts, layer_plan, parse_retention, row_keep_counts, validate_retention
 from .soft_extract import (
     SoftExtract,
     clip_retention_,
@@ -18,14 +19,17 @@ __all__ = [
     "EncoderAdapter",
     "Extract",
     "HardExtract",
+    "LayerKeep",
     "PowerBertModelOutput",
     "SoftExtract",
     "apply_power_bert",
     "clip_retention_",
     "derive_retention",
     "flop_ratio",
+    "from_pretrained",
     "is_patched",
     "keep_counts",
+    "layer_plan",
     "model_flops",
     "parse_retention",
     "register_adapter",
@@ -33,6 +37,7 @@ __all__ = [
     "remove_power_bert",
     "retention_masses",
     "retention_penalty",
+    "row_keep_counts",
     "soft_extracts",
     "validate_retention",
 ]

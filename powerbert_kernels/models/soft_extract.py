@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import ops
 from .extract import Extract
-from .retention import validate_retention
+from .retention import LayerKeep, validate_retention
 
 
 class SoftExtract(Extract):
@@ -55,7 +55,7 @@ class SoftExtract(Extract):
     def extra_repr(self) -> str:
         return f"max_length={self.r.numel()}"
 
-    def needs_significance(self, received: int, padded_length: int) -> bool:
+    def needs_significance(self, received: int, padded_length: int, plan: LayerKeep | None = None) -> bool:
         # Every vector is ranked, whatever r holds: the ranking decides which r scales it.
         return True
 
@@ -69,6 +69,7 @@ class SoftExtract(Extract):
         significance: torch.Tensor | None,
         mask: torch.Tensor,
         padded_length: int,
+        plan: LayerKeep | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, None]:
         """Scale every vector by the ``r`` of its significance rank.
 
@@ -77,6 +78,7 @@ class SoftExtract(Extract):
             significance: (B, n) float32 from the layer's attention (carries no gradient).
             mask: (B, n) bool, True = real token.
             padded_length: N of the batch (n == N: the search never removes anything).
+            plan: unused (the search keeps every vector).
 
         Returns:
             ``(hidden * r[rank], mask, None)``: hidden (B, n, D) in its own dtype, the mask unchanged,

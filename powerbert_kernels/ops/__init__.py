@@ -26,7 +26,7 @@ from .dispatch import (
     resolve,
 )
 from .local_attention import local_attention, local_attention_mask, local_attention_with_significance
-from .select_gather import cls_positions, select_gather, select_gather_ref, selection_order
+from .select_gather import cls_positions, preference_key, select_gather, select_gather_ref, selection_order
 
 __all__ = [
     "BACKENDS",
@@ -48,6 +48,7 @@ __all__ = [
     "local_attention_mask",
     "local_attention_with_significance",
     "missing_reason",
+    "preference_key",
     "registered_backends",
     "resolve",
     "select_gather",

@@ -112,6 +112,8 @@ def blocked_attention(
         out: (B, N, H*d) in the dtype of ``q``; significance: (B, N) float32, the sum over blocks.
     """
     B, N, H, d = q.shape
+    if B * H * N * d == 0:
+        return q.new_zeros(B, N, H * d), torch.zeros(B, N, dtype=torch.float32, device=q.device)
     # One contiguous (B*H, N, d) copy of each input, scale folded into q: every block's GEMMs then read
     # dense operands instead of re-gathering the strided projection views block after block.
     qf = torch.empty(B, H, N, d, dtype=torch.float32, device=q.device)
@@ -130,6 +132,50 @@ def blocked_attention(
         out[:, start:stop] = torch.bmm(probs, vf).view(B, H, rows, d).transpose(1, 2)
         significance += column_sums(probs.view(B, H, rows, N), start)
     return out.view(B, N, H * d).to(q.dtype), significance
+
+
+def attention_with_significance_dropout(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+    scale: float,
+    exclude_self: bool,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference with dropout on the attention probabilities, differentiated by autograd.
+
+    Training only: the probabilities are dropped as the stock layer drops them, after the significance
+    is read from them (the paper's significance is taken before dropout). Autograd keeps the (B, H, N, N)
+    probabilities and the dropout mask for the backward pass, as the stock eager attention does; the
+    custom op's recomputing backward cannot be used, since a recomputation would draw another mask.
+
+    Args:
+        q, k, v: (B, N, H, d); key_padding_mask: (B, N) bool; scale: score scale; dropout_p in (0, 1).
+
+    Returns:
+        out: (B, N, H*d) in the dtype of ``q``; significance: (B, N) float32, no gradient.
+    """
+    B, N, H, d = q.shape
+    scores = torch.matmul(q.float().transpose(1, 2) * scale, k.float().permute(0, 2, 3, 1))
+    probs = torch.softmax(scores + _masked_score_bias(key_padding_mask)[:, None, None, :], dim=-1)
+    with torch.no_grad():
+        significance = column_sums_ref(probs.detach(), key_padding_mask, 0, exclude_self)
+    out = torch.matmul(F.dropout(probs, p=dropout_p, training=True), v.float().transpose(1, 2))
+    return out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype), significance
+
+
+def _check_dropout(dropout_p: float, backend: str | None) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be a probability in [0, 1), got {dropout_p!r}")
+    if dropout_p > 0:
+        forced = dispatch.requested_backend(backend)
+        if forced not in (None, "torch"):
+            raise ValueError(
+                f"dropout_p={dropout_p:g}: attention dropout (training) runs on the torch backend only; the "
+                f"{forced!r} backend was forced (argument or POWERBERT_BACKEND), which does not apply it"
+            )
+    return float(dropout_p)
 
 
 @torch.library.custom_op("powerbert::attention_with_significance", mutates_args=())
@@ -234,6 +280,7 @@ def attention_with_significance(
     scale: float | None = None,
     exclude_self: bool = False,
     backend: str | None = None,
+    dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-head self-attention plus each vector's significance, in one pass over the scores.
 
@@ -247,6 +294,9 @@ def attention_with_significance(
             original PoWER-BERT code did so).
         backend: ``"triton"``, ``"ext"``, ``"torch"`` or ``None`` (``POWERBERT_BACKEND``, else the
             fastest that can run).
+        dropout_p: dropout on the attention probabilities (training), applied after the significance is
+            read; only the torch backend applies it (:func:`attention_with_significance_dropout`), a
+            forced ``triton``/``ext`` backend refuses it.
 
     Returns:
         out: (B, N, H*d) in the dtype of ``q``, the layout the output projection reads.
@@ -256,6 +306,12 @@ def attention_with_significance(
     B, N, H, d = q.shape
     check_mask("key_padding_mask", key_padding_mask, B, N, q.device)
     scale = _check_scale(scale, d)
+    dropout_p = _check_dropout(dropout_p, backend)
+    if B == 0:
+        # An empty batch: nothing to launch (a kernel grid or a block size of zero rows is undefined).
+        return q.new_empty(0, N, H * d), torch.zeros(0, N, dtype=torch.float32, device=q.device)
+    if dropout_p > 0:
+        return attention_with_significance_dropout(q, k, v, key_padding_mask, scale, bool(exclude_self), dropout_p)
     inputs = dispatch.AttentionInputs(q.device, q.dtype, batch=B, seq_len=N, heads=H, head_dim=d)
     name = dispatch.resolve(OP, inputs, backend)
     return torch.ops.powerbert.attention_with_significance(q, k, v, key_padding_mask, scale, bool(exclude_self), name)
@@ -332,6 +388,7 @@ def attention(
     *,
     scale: float | None = None,
     implementation: str = "sdpa",
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Plain multi-head self-attention, without significance.
 
@@ -348,6 +405,8 @@ def attention(
             softmax in the input dtype, operation for operation as HF's eager attention): a patched
             model follows the attention implementation it was loaded with, so nothing changes where
             nothing is removed.
+        dropout_p: dropout on the attention probabilities (training): SDPA's own, differentiated by
+            autograd (the custom op's recomputing backward would draw another mask).
 
     Returns:
         out: (B, N, H*d) in the dtype of ``q``.
@@ -358,6 +417,16 @@ def attention(
         check_mask("key_padding_mask", key_padding_mask, B, N, q.device)
     if implementation not in ("sdpa", "eager"):
         raise ValueError(f"implementation must be 'sdpa' or 'eager', got {implementation!r}")
+    if _check_dropout(dropout_p, "torch") > 0:
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=None if key_padding_mask is None else key_padding_mask[:, None, None, :],
+            dropout_p=dropout_p,
+            scale=_check_scale(scale, d),
+        )
+        return out.transpose(1, 2).reshape(B, N, H * d)
     return torch.ops.powerbert.attention(q, k, v, key_padding_mask, _check_scale(scale, d), implementation)
 
 

@@ -5,8 +5,12 @@ Selection rule, per row (every backend implements exactly this):
 1. the CLS vector is always kept. It is the row's first real token: position 0, unless the row is
    left-padded, in which case it is the first position whose mask is True (position 0 again for a row
    with no real token at all);
-2. then real tokens by significance, highest first, ties to the lower position;
+2. then real tokens by significance, highest first, ties to the lower position; significance compares as
+   ``torch.sort`` compares it: -0.0 equals +0.0, and NaN (every NaN alike) ranks above every number;
 3. padding last (by position), so padding is kept only when a row has fewer than ``keep`` real tokens.
+
+:func:`preference_key` states this rule for one position; the reference, the Triton kernel's and the C++
+kernels' bit-packed keys are all tested against it.
 
 Output order: the kept real tokens in their original order, then the kept padding in its original
 order. For right-padded rows that is simply ascending position order; for a short left-padded row it
@@ -19,6 +23,8 @@ it). The kernels compute exactly that (parallel, no sort); the reference below u
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -36,6 +42,28 @@ def cls_positions(mask: torch.Tensor) -> torch.Tensor:
     """
     # argmax returns the first maximal index, and 0 for an all-False row.
     return torch.argmax(mask.to(torch.uint8), dim=1)
+
+
+def preference_key(significance: float, position: int, is_cls: bool, is_real: bool) -> tuple[int, int, float, int]:
+    """The selection rule for one position of a row: of two positions, the one with the larger key is kept first.
+
+    Args:
+        significance: the position's significance (read for real tokens other than CLS only).
+        position: its index in the row, 0 <= position < N.
+        is_cls: whether it is the row's CLS vector (see :func:`cls_positions`).
+        is_real: whether it is a real token (mask True).
+
+    Returns:
+        (class, is NaN, significance, -position) with class 2 for CLS, 1 for another real token, 0 for
+        padding. Keys of distinct positions differ, so the order is strict and total.
+    """
+    if is_cls or not is_real:
+        return (2 if is_cls else 0, 0, 0.0, -position)
+    if math.isnan(significance):
+        return (1, 1, 0.0, -position)
+    # +0.0 for -0.0: equal keys then, as for torch.sort (-0.0 == 0.0 compares equal anyway; this keeps the
+    # key's printed form canonical).
+    return (1, 0, significance + 0.0, -position)
 
 
 def selection_order(significance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -131,7 +159,8 @@ def select_gather(
         significance: (B, N) float (computed in float32), e.g. from
             :func:`~powerbert_kernels.ops.attention_with_significance`.
         mask: (B, N) bool, True = real token.
-        keep: vectors to keep per row, 1 <= keep <= N.
+        keep: vectors to keep per row, 1 <= keep <= N (an int, or a ``torch.SymInt`` under
+            ``torch.compile``/``torch.export``).
         backend: ``"triton"``, ``"ext"``, ``"torch"`` or ``None`` (``POWERBERT_BACKEND``, else the
             fastest that can run).
 
@@ -146,17 +175,21 @@ def select_gather(
     B, N, D = hidden.shape
     if N < 1 or D < 1:
         raise ValueError(f"hidden must have N and D of at least 1, got shape {tuple(hidden.shape)}")
-    significance = check_tensor("significance", significance, 2, f"(B, N) = ({B}, {N})")
+    significance = check_tensor("significance", significance, 2, lambda: f"(B, N) = ({B}, {N})")
     if tuple(significance.shape) != (B, N):
         raise ValueError(f"significance must have shape (B, N) = ({B}, {N}), got {tuple(significance.shape)}")
     if not significance.is_floating_point():
         raise TypeError(f"significance must be a float tensor, got {significance.dtype}")
     check_same_device("significance", significance, hidden.device)
     check_mask("mask", mask, B, N, hidden.device)
-    if isinstance(keep, bool) or not isinstance(keep, int):
+    if isinstance(keep, bool) or not isinstance(keep, (int, torch.SymInt)):
         raise TypeError(f"keep must be an int, got {type(keep).__name__}")
-    if not 1 <= keep <= N:
+    # A symbolic keep (torch.compile, torch.export) is left unchecked: comparing it with N would add a
+    # guard on the sizes, which torch.export refuses even where the comparison always holds.
+    if isinstance(keep, int) and isinstance(N, int) and not 1 <= keep <= N:
         raise ValueError(f"keep must be between 1 and N={N}, got {keep}")
+    if B == 0:
+        return hidden.new_empty(0, keep, D), mask.new_empty(0, keep), hidden.new_empty(0, keep, dtype=torch.int64)
     inputs = dispatch.SelectGatherInputs(hidden.device, hidden.dtype, batch=B, seq_len=N, hidden_size=D, keep=keep)
     name = dispatch.resolve(OP, inputs, backend)
     return torch.ops.powerbert.select_gather(hidden, significance.float().contiguous(), mask.contiguous(), keep, name)
