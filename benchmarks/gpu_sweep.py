@@ -1,4 +1,4 @@
-"""The whole GPU benchmark sweep in one call: kernels, the issue's targets, end to end.
+"""The whole GPU benchmark sweep in one call: kernels, the performance targets, end to end.
 
 Usage (on a machine with a CUDA GPU)::
 

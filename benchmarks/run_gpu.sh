@@ -16,9 +16,10 @@
 # Each step runs under its own time limit and never past the pass's deadline: a step that does not fit
 # is recorded as skipped, a step that overruns is stopped and recorded, and the next still runs. The
 # results go to $RESULTS (default benchmarks/results/gpu-<date>): a log per step, the sweep's JSON and
-# Markdown files, and summary.md (a table of the steps, then the target tables), rewritten after every
-# step. When $OUT is set (a folder that is copied back, at most a few files), summary.md, targets.md,
-# targets.json and results.tar.gz (the whole results folder) are refreshed there after every step too.
+# Markdown files, and summary.md (summary-full.md for --full: a table of the steps, then the tables of
+# results), rewritten after every step. When $OUT is set (a folder that is copied back, at most a few
+# files), summary.md, the pass's main tables (targets.md and .json; for --full sweep.* and tune.*)
+# and results.tar.gz (the whole results folder) are refreshed there after every step too.
 #
 # Environment: PYTHON (default python3); WHEELS, a folder of wheels the machine lacks, installed with
 # pip --no-index into the results folder first; MAX_JOBS for the build (default 4).
@@ -104,7 +105,10 @@ fi
 mkdir -p "$results"
 start_time=$SECONDS
 deadline=$((start_time + budget))
-summary=$results/summary.md
+# The two passes share the results folder; each keeps its own summary.
+if [ $mode = full ]; then summary=$results/summary-full.md; copied="sweep.md sweep.json tune.md tune.json"
+else summary=$results/summary.md; copied="targets.md targets.json"
+fi
 rows=()
 declare -A bg_pid bg_start bg_limit
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -144,7 +148,7 @@ write_summary() {
     if [ -n "${OUT:-}" ]; then
         mkdir -p "$OUT"
         cp "$summary" "$OUT/summary.md"
-        for file in targets.md targets.json; do
+        for file in $copied; do
             if [ -f "$results/$file" ]; then cp "$results/$file" "$OUT/$file"; fi
         done
         tar -czf "$OUT/results.tar.gz.part" -C "$(dirname "$results")" "$(basename "$results")" \

@@ -194,6 +194,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_gather_ext_cpu(const at::T
 TORCH_LIBRARY(powerbert, m) {
   m.def("significance_from_probs(Tensor probs, Tensor mask, int q_offset=0, bool exclude_self=False) -> Tensor");
   m.def("select_gather_ext(Tensor hidden, Tensor significance, Tensor mask, int keep) -> (Tensor, Tensor, Tensor)");
+  // CPU only (attention_cpu.cpp): fused attention with significance.
+  m.def(
+      "attention_significance_cpu(Tensor q, Tensor k, Tensor v, Tensor mask, float scale, bool exclude_self) -> "
+      "(Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(powerbert, CPU, m) {
@@ -234,7 +238,8 @@ PyMethodDef methods[] = {
 PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     "_C",
-    "PoWER-BERT compiled extension: registers powerbert::significance_from_probs and powerbert::select_gather_ext.",
+    "PoWER-BERT compiled extension: registers powerbert::significance_from_probs, powerbert::select_gather_ext "
+    "and powerbert::attention_significance_cpu.",
     -1,
     methods,
 };

@@ -19,6 +19,11 @@ SignificanceShape check_significance_args(const at::Tensor& probs, const at::Ten
 void check_select_gather_args(const at::Tensor& hidden, const at::Tensor& significance, const at::Tensor& mask,
                               int64_t keep);
 
+// TORCH_CHECKs every argument of powerbert::attention_significance_cpu (shapes, dtypes, devices, last
+// dimensions contiguous, a bool (B, N) mask, a positive scale).
+void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                          double scale);
+
 // The stride of a dimension, or 0 for a dimension of size 1 (whose stride is never used and may be
 // anything), so that alignment decisions only look at strides that matter.
 inline int64_t used_stride(const at::Tensor& t, int64_t dim) { return t.size(dim) == 1 ? 0 : t.stride(dim); }

@@ -24,21 +24,26 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "BACKENDS": ".ops",
     "BackendUnavailableError": ".ops",
+    "ExportError": ".export",
     "PowerBertModelOutput": ".models",
     "apply_power_bert": ".models",
     "available_backends": ".ops",
     "backend_report": ".ops",
+    "export_onnx": ".export",
+    "export_program": ".export",
     "flop_ratio": ".models",
     "from_pretrained": ".models",
     "is_patched": ".models",
     "model_flops": ".models",
     "remove_power_bert": ".models",
     "tune_retention": ".training.tune",
+    "verify_onnx": ".export",
 }
-_SUBMODULES = ("ext", "models", "ops", "training", "triton")
+_SUBMODULES = ("export", "ext", "models", "ops", "training", "triton")
 
 if TYPE_CHECKING:
     from . import ops
+    from .export import ExportError, export_onnx, export_program, verify_onnx
     from .models import (
         PowerBertModelOutput,
         apply_power_bert,
@@ -69,11 +74,14 @@ def __dir__() -> list[str]:
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "ExportError",
     "PowerBertModelOutput",
     "__version__",
     "apply_power_bert",
     "available_backends",
     "backend_report",
+    "export_onnx",
+    "export_program",
     "flop_ratio",
     "from_pretrained",
     "is_patched",
@@ -81,4 +89,5 @@ __all__ = [
     "ops",
     "remove_power_bert",
     "tune_retention",
+    "verify_onnx",
 ]

@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -182,6 +183,69 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
     return peak / 2**20
 
 
+# A busy child: integer work in slices of a few milliseconds, until the deadline or until its parent is
+# gone (so that a benchmark killed without cleanup leaves nothing spinning). It reports once it runs.
+_BUSY_CHILD = """
+import os, sys, time
+deadline = time.monotonic() + float(sys.argv[1])
+parent = int(sys.argv[2])
+sys.stdout.write("busy\\n")
+sys.stdout.flush()
+x = 0
+while time.monotonic() < deadline and os.getppid() == parent:
+    for i in range(20000):
+        x = (x * 31 + i) & 0xFFFF
+"""
+
+MAX_BACKGROUND_LOAD = 64
+"""Upper bound on ``--background-load`` (busy processes), whatever the number of cores."""
+
+
+@contextlib.contextmanager
+def background_load(processes: int, max_seconds: float = 3600.0):
+    """Keep ``processes`` single-threaded busy child processes running for the duration of the block.
+
+    Each child spins on integer work, so it competes for a core the way another CPU-bound job does
+    without touching the memory bandwidth much. They are started (and confirmed running) before the
+    block and ended when it exits, however it exits; each also stops by itself after ``max_seconds`` or
+    when this process is gone.
+
+    Args:
+        processes: busy children, 0 (no load) to :data:`MAX_BACKGROUND_LOAD`.
+        max_seconds: the longest any child runs.
+    """
+    if isinstance(processes, bool) or not isinstance(processes, int) or not 0 <= processes <= MAX_BACKGROUND_LOAD:
+        raise ValueError(f"processes must be an int between 0 and {MAX_BACKGROUND_LOAD}, got {processes!r}")
+    if not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    children: list[subprocess.Popen] = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        for _ in range(processes):
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-S", "-c", _BUSY_CHILD, str(float(max_seconds)), str(os.getpid())],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    env=env,
+                )
+            )
+        for child in children:
+            if child.stdout.readline().strip() != b"busy":
+                raise RuntimeError(f"background load: a busy child process failed to start (exit {child.poll()})")
+        yield children
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            child.stdout.close()
+
+
 @dataclass
 class Comparison:
     """Result of :func:`compare_models`; times in milliseconds (medians), memory in MiB."""
@@ -224,6 +288,94 @@ def compare_models(
     base_ms = statistics.median(times["baseline"])
     power_ms = statistics.median(times["power"])
     return Comparison(base_ms, power_ms, base_ms / power_ms, times["baseline"], times["power"], mem_base, mem_power)
+
+
+RUNTIMES = ("torch", "compile", "onnxruntime")
+
+
+@dataclass
+class RuntimeComparison:
+    """Result of :func:`compare_runtime`: the stock and patched models under one runtime, beside PyTorch.
+
+    ``baseline_ms``/``power_ms`` (medians, milliseconds) are the two models under the runtime;
+    ``eager_baseline_ms``/``eager_power_ms`` the same models run eagerly by PyTorch (SDPA attention),
+    timed in the same interleaved repeats.
+    """
+
+    baseline_ms: float
+    power_ms: float
+    speedup: float
+    eager_baseline_ms: float
+    eager_power_ms: float
+    speedup_vs_eager_sdpa: float
+    runtime_baseline_vs_eager_sdpa: float
+    times_ms: dict[str, list[float]]
+
+
+def runtime_callables(
+    runtime: str, baseline: nn.Module, power: nn.Module, inputs: Mapping[str, torch.Tensor], workdir: str, threads: int
+) -> dict[str, Callable[[], object]]:
+    """One call of each model under ``runtime``: ``torch.compile`` (default inductor backend), or an ONNX
+    Runtime CPU session on the model exported by :func:`~powerbert_kernels.export_onnx` (both models the
+    same way, same session options)."""
+    import torch
+
+    if runtime == "compile":
+        compiled_baseline, compiled_power = torch.compile(baseline), torch.compile(power)
+        return {"baseline": lambda: compiled_baseline(**inputs), "power": lambda: compiled_power(**inputs)}
+    from .export import export_onnx, onnx_session
+
+    calls = {}
+    for name, model in (("baseline", baseline), ("power", power)):
+        path = export_onnx(model, os.path.join(workdir, f"{name}.onnx"), allow_unpatched=True)
+        session = onnx_session(path, threads=threads)
+        # token_type_ids default to zeros in PyTorch; the exported graph takes them as an input.
+        feed = {
+            i.name: (inputs[i.name] if i.name in inputs else torch.zeros_like(inputs["input_ids"])).cpu().numpy()
+            for i in session.get_inputs()
+        }
+        calls[name] = lambda session=session, feed=feed: session.run(None, feed)
+    return calls
+
+
+def compare_runtime(
+    runtime: str,
+    baseline: nn.Module,
+    power: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    threads: int,
+    repeats: int = 10,
+    warmup: int = 2,
+) -> RuntimeComparison:
+    """Time the stock and patched models under ``runtime`` ("compile" or "onnxruntime") and eagerly.
+
+    All four calls are interleaved (see :func:`time_interleaved`); compilation and export happen before
+    the warm-up, under ``torch.inference_mode`` for the PyTorch calls.
+    """
+    import tempfile
+
+    import torch
+
+    if runtime not in RUNTIMES[1:]:
+        raise ValueError(f"runtime must be one of {RUNTIMES[1:]}, got {runtime!r}")
+    device = next(iter(inputs.values())).device
+    with tempfile.TemporaryDirectory(prefix="powerbert-bench-") as workdir, torch.inference_mode():
+        calls = runtime_callables(runtime, baseline, power, inputs, workdir, threads)
+        calls["eager_baseline"] = lambda: baseline(**inputs)
+        calls["eager_power"] = lambda: power(**inputs)
+        times = time_interleaved(calls, device, repeats=repeats, warmup=max(1, warmup))
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    return RuntimeComparison(
+        baseline_ms=ms["baseline"],
+        power_ms=ms["power"],
+        speedup=ms["baseline"] / ms["power"],
+        eager_baseline_ms=ms["eager_baseline"],
+        eager_power_ms=ms["eager_power"],
+        speedup_vs_eager_sdpa=ms["eager_baseline"] / ms["power"],
+        runtime_baseline_vs_eager_sdpa=ms["eager_baseline"] / ms["baseline"],
+        times_ms=times,
+    )
 
 
 def _cpu_name() -> str:
@@ -298,6 +450,17 @@ def load_models(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     return baseline, copy.deepcopy(baseline)
 
 
+def background_load_count(text: str) -> int:
+    """``argparse`` type of ``--background-load``: an int from 0 to :data:`MAX_BACKGROUND_LOAD`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int from 0 to {MAX_BACKGROUND_LOAD}, got {text!r}") from None
+    if not 0 <= value <= MAX_BACKGROUND_LOAD:
+        raise argparse.ArgumentTypeError(f"expected an int from 0 to {MAX_BACKGROUND_LOAD}, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="local HF model folder or hub id (weights loaded)")
@@ -331,6 +494,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=positive_int, default=10, help="interleaved timing repeats")
     parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls of each model first")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="run both models eagerly in PyTorch (default), under torch.compile, or exported to ONNX and run by "
+        "ONNX Runtime (CPU); the last two are also compared with the eager models",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, help="CPU threads of PyTorch and ONNX Runtime (default: PyTorch's)"
+    )
+    parser.add_argument(
+        "--background-load",
+        type=background_load_count,
+        default=0,
+        metavar="K",
+        help="run K busy single-threaded processes while measuring, to reproduce a loaded machine "
+        "(ended by the benchmark; default 0)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -344,16 +525,26 @@ def run(args: argparse.Namespace) -> int:
     if args.seq_len < 2:
         raise ValueError(f"--seq-len must be at least 2 (the CLS token and one more), got {args.seq_len}")
     device = resolve_device(args.device)
+    if args.runtime == "onnxruntime" and device.type != "cpu":
+        raise ValueError(f"--runtime onnxruntime runs on the CPU; pass --device cpu (got {device})")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     baseline, power = load_models(args, device, dtype)
     check_max_positions(args.seq_len, baseline.config.max_position_embeddings, "--seq-len")
     num_layers = baseline.config.num_hidden_layers
     retention = args.retention if args.retention else default_retention(num_layers)
+    if args.runtime == "onnxruntime" and any(isinstance(r, float) for r in retention):
+        # Fractions do not export; at one padded length they are these counts exactly.
+        retention = keep_counts(retention, args.seq_len)
     apply_power_bert(power, retention)
     inputs = random_inputs(args.batch, args.seq_len, baseline.config.vocab_size, device)
-    result = compare_models(
-        baseline, power, inputs, repeats=args.repeats, warmup=args.warmup, measure_memory=not args.no_memory
-    )
+    with background_load(args.background_load):
+        if args.runtime != "torch":
+            return _run_runtime(args, baseline, power, inputs, retention, device)
+        result = compare_models(
+            baseline, power, inputs, repeats=args.repeats, warmup=args.warmup, measure_memory=not args.no_memory
+        )
     report = {
         "model": args.model or args.config,
         "batch": args.batch,
@@ -364,6 +555,8 @@ def run(args: argparse.Namespace) -> int:
         **asdict(result),
         "flop_ratio": flop_ratio(baseline, args.batch, args.seq_len, retention),
         "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "background_load": args.background_load,
         **environment(device),
     }
     if args.json:
@@ -378,10 +571,59 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{report['model']}  batch {args.batch}  seq-len {args.seq_len}  {args.dtype}  on {report['device_name']} "
         f"({report['device']}), torch {report['torch']}\n"
+        f"threads {report['threads']}, background load {args.background_load} busy processes\n"
         f"kept per layer: {report['kept_per_layer']}\n"
         f"HF SDPA     median {result.baseline_ms:9.2f} ms\n"
         f"PoWER-BERT  median {result.power_ms:9.2f} ms\n"
         f"speed-up {result.speedup:.2f}x measured   {report['flop_ratio']:.2f}x FLOP ratio   "
         f"({result.speedup / report['flop_ratio']:.2f} of ideal; {args.repeats} interleaved repeats)\n" + mem
+    )
+    return 0
+
+
+def _run_runtime(args, baseline, power, inputs, retention, device) -> int:
+    import torch
+
+    from .models import flop_ratio, keep_counts
+
+    threads = args.threads or torch.get_num_threads()
+    result = compare_runtime(
+        args.runtime, baseline, power, inputs, threads=threads, repeats=args.repeats, warmup=args.warmup
+    )
+    report = {
+        "model": args.model or args.config,
+        "runtime": args.runtime,
+        "threads": threads,
+        "background_load": args.background_load,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "dtype": args.dtype,
+        "retention": list(retention),
+        "kept_per_layer": keep_counts(retention, args.seq_len),
+        **asdict(result),
+        "flop_ratio": flop_ratio(baseline, args.batch, args.seq_len, retention),
+        "repeats": args.repeats,
+        **environment(device),
+    }
+    if args.runtime == "onnxruntime":
+        import onnxruntime
+
+        report["onnxruntime"] = onnxruntime.__version__
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    label = {"compile": "torch.compile", "onnxruntime": "ONNX Runtime"}[args.runtime]
+    print(
+        f"{report['model']}  batch {args.batch}  seq-len {args.seq_len}  {args.dtype}  on {report['device_name']} "
+        f"({report['device']}), torch {report['torch']}, {threads} threads\n"
+        f"kept per layer: {report['kept_per_layer']}\n"
+        f"{label + ' stock':30s} median {result.baseline_ms:9.2f} ms\n"
+        f"{label + ' PoWER-BERT':30s} median {result.power_ms:9.2f} ms\n"
+        f"{'PyTorch eager stock (SDPA)':30s} median {result.eager_baseline_ms:9.2f} ms\n"
+        f"{'PyTorch eager PoWER-BERT':30s} median {result.eager_power_ms:9.2f} ms\n"
+        f"speed-up under {label}: {result.speedup:.2f}x measured   {report['flop_ratio']:.2f}x FLOP ratio   "
+        f"({result.speedup / report['flop_ratio']:.2f} of ideal; {args.repeats} interleaved repeats)\n"
+        f"PoWER-BERT under {label} vs stock PyTorch SDPA: {result.speedup_vs_eager_sdpa:.2f}x   "
+        f"(stock under {label} vs stock PyTorch SDPA: {result.runtime_baseline_vs_eager_sdpa:.2f}x)"
     )
     return 0

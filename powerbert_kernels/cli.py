@@ -1,4 +1,4 @@
-"""The ``powerbert`` command: demo, bench, predict, train, eval, tune, check-cuda, info.
+"""The ``powerbert`` command: demo, bench, predict, train, eval, tune, export, check-cuda, info.
 
 Each subcommand lives in its own module, which provides ``HELP`` (one line), ``add_arguments(parser)``
 and ``run(args) -> int``. Those modules import nothing heavy at import time (torch and transformers load
@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "train": "powerbert_kernels.training.cli_train",
     "eval": "powerbert_kernels.training.cli_eval",
     "tune": "powerbert_kernels.training.cli_tune",
+    "export": "powerbert_kernels.cli_export",
     "info": "powerbert_kernels.info",
 }
 

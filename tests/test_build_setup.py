@@ -5,6 +5,7 @@ and a clear message names what is missing when nothing provides them."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,45 @@ def test_build_setuptools_pin_is_the_same_everywhere():
     makefile = (ROOT / "Makefile").read_text()
     assert f"SETUPTOOLS ?= {pin}" in makefile and '"$(SETUPTOOLS)"' in makefile
     assert f'"{pin}"' in (ROOT / "README.md").read_text()
+
+
+@pytest.fixture
+def cuda_torch(monkeypatch, tmp_path):
+    """This PyTorch made to look like a CUDA 13 build beside a slim toolkit (no math headers)."""
+    import torch
+    from torch.utils import cpp_extension
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: setup.py builds no extension at all")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(toolkit(tmp_path)))
+    for variable in ("CPATH", "CPLUS_INCLUDE_PATH", "C_INCLUDE_PATH", "POWERBERT_NO_EXT"):
+        monkeypatch.delenv(variable, raising=False)
+    return tmp_path
+
+
+def test_the_extension_gets_the_wheel_headers_after_the_toolkits(setup_module, cuda_torch, monkeypatch, capsys):
+    site = cuda_torch / "site"
+    install_wheel(site, "nvidia-cublas", "13.0.0", {f"nvidia/cu13/include/{h}": "// 13" for h in HEADERS})
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("POWERBERT_CUDA", "1")
+    (module,), commands = setup_module._extensions()
+    dirs = module.include_dirs
+    wheel = str(site / "nvidia" / "cu13" / "include")
+    assert dirs[-1] == wheel and dirs.index(str(cuda_torch / "cuda" / "include")) < dirs.index(wheel)
+    assert ("POWERBERT_WITH_CUDA", "1") in module.define_macros
+    assert f"math headers from the NVIDIA wheels: {wheel}" in capsys.readouterr().err
+
+
+def test_missing_headers_stop_a_required_cuda_build_and_skip_an_optional_one(
+    setup_module, cuda_torch, monkeypatch, capsys
+):
+    monkeypatch.setenv("POWERBERT_CUDA", "1")
+    with pytest.raises(
+        SystemExit, match=r"POWERBERT_CUDA=1 but the CUDA kernels cannot be built: .*has no cusparse\.h"
+    ):
+        setup_module._extensions()
+    monkeypatch.setenv("POWERBERT_CUDA", "auto")
+    (module,), _ = setup_module._extensions()
+    assert ("POWERBERT_WITH_CUDA", "0") in module.define_macros
+    assert "C++ CPU kernels only (no CUDA kernels: the CUDA toolkit at" in capsys.readouterr().err

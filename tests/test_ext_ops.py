@@ -282,14 +282,13 @@ def test_select_gather_public_op_with_ext_backend(device, dtype):
     assert_select_gather_equal(got, select_gather_ref(hidden, sig, mask, 30))
 
 
-def test_cpu_dispatch_picks_ext_for_select_gather_only():
+def test_cpu_dispatch_picks_ext_for_both_ops():
     cpu = torch.device("cpu")
     gather = ops.SelectGatherInputs(cpu, torch.float32, batch=2, seq_len=16, hidden_size=8, keep=4)
     attention = ops.AttentionInputs(cpu, torch.float32, batch=2, seq_len=16, heads=2, head_dim=8)
     assert ops.resolve("select_gather", gather) == "ext"
-    assert ops.resolve("attention_with_significance", attention) == "torch"
-    reasons = ops.explain("attention_with_significance", attention)["ext"]
-    assert reasons and "measured" in reasons[0]
+    assert ops.resolve("attention_with_significance", attention) == "ext"
+    assert ops.explain("attention_with_significance", attention)["ext"] == []
 
 
 def test_available_backends_lists_ext():

@@ -253,3 +253,33 @@ def test_preflight_refuses_bad_arguments():
     assert done.returncode == 2 and "--venv needs a folder" in done.stderr
     done = run_script(PREFLIGHT, "--download-everything")
     assert done.returncode == 2 and "unknown argument" in done.stderr
+
+
+def test_the_plans_cli_commands_parse(tmp_path):
+    from powerbert_kernels.cli import build_parser
+
+    steps, _ = dry_run_plan(tmp_path)
+    commands = [s[4].split() for s in steps if " -m powerbert_kernels.cli " in s[4]]
+    assert {c[3] for c in commands} == {"info", "bench"}
+    for words in commands:
+        args = build_parser().parse_args(words[3:])  # exits 2 on an option the CLI no longer has
+        if words[3] == "bench":
+            assert (args.device, args.batch, args.seq_len) == ("cuda", 128, 128)
+
+
+def test_the_full_pass_keeps_the_essential_summary(tmp_path):
+    python = tmp_path / "python-stand-in"
+    python.write_text(STAND_IN)
+    python.chmod(0o755)
+    results, out = tmp_path / "gpu-results", tmp_path / "out"
+    results.mkdir()
+    (results / "summary.md").write_text("the essential pass\n")
+    env = {"PYTHON": str(python), "RESULTS": str(results), "OUT": str(out)}
+    done = run_script(RUN_GPU, "--full", "--budget", "60", env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (results / "summary.md").read_text() == "the essential pass\n"
+    summary = (results / "summary-full.md").read_text()
+    assert re.findall(r"^\| (\w+) \| ok \|", summary, flags=re.M) == ["env", "build", "sweep", "tune"]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["results.tar.gz", "summary.md", "sweep.json", "sweep.md", "tune.json", "tune.md"]
+    assert (out / "summary.md").read_text() == summary

@@ -3,15 +3,23 @@ for a package that ``pip install .[test]`` installs, where the skip becomes a fa
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from conftest import installed_by_test_extra
-
 TESTS = Path(__file__).resolve().parent
+
+
+def installed_by_test_extra() -> frozenset[str]:
+    # This directory's conftest by its path: "conftest" in sys.modules may be another directory's.
+    spec = importlib.util.spec_from_file_location("powerbert_tests_conftest", TESTS / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.installed_by_test_extra()
+
 
 # "datasets" stands for a package of the test extra, made absent; the other module belongs to no extra.
 PROBE = """

@@ -309,3 +309,20 @@ def test_two_processes_write_the_single_process_file(tiny_model, tmp_path):
         for name in ra["probabilities"]:
             assert rb["probabilities"][name] == pytest.approx(ra["probabilities"][name], abs=1e-5)
     assert sorted(os.listdir(tmp_path)) == ["double.jsonl", "in.tsv", "single.jsonl"]
+
+
+def test_inference_needs_neither_triton_nor_the_training_stack(tiny_model, tmp_path):
+    """The core install: predict runs with triton, datasets, accelerate and matplotlib not importable."""
+    source = write_tsv(tmp_path / "in.tsv", SENTENCES)
+    out = tmp_path / "out.jsonl"
+    script = (
+        "import sys\n"
+        "for name in ('triton', 'datasets', 'accelerate', 'matplotlib'):\n"
+        "    sys.modules[name] = None  # importing it raises ModuleNotFoundError, as if not installed\n"
+        "from powerbert_kernels.cli import main\n"
+        f"sys.exit(main(['predict', '--model', {tiny_model!r}, '--input', {source!r}, '--output', {str(out)!r}, "
+        "'--no-progress']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=_cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(read_jsonl(out)) == len(SENTENCES)

@@ -128,3 +128,15 @@ def test_patched_model_applies_attention_dropout_in_training_only():
     full = apply_power_bert(tiny_model(attention_dropout=0.3), [N] * 4).train()
     with torch.no_grad():
         assert not torch.allclose(full(**inputs).logits, full(**inputs).logits)
+
+
+def test_patched_forward_keeps_the_stock_signature():
+    # Trainer drops the dataset columns the model's forward does not name; a (*args, **kwargs) forward
+    # would leave it only the labels.
+    import inspect
+
+    model = tiny_model()
+    stock = inspect.signature(model.forward)
+    apply_power_bert(model, [24, 16, 8, 2])
+    assert inspect.signature(model.forward) == stock
+    assert "input_ids" in inspect.signature(model.bert.forward).parameters

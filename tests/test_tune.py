@@ -192,3 +192,11 @@ def test_cli_refuses_bad_data_and_models(finetuned, tmp_path, capsys):
         code, _, err = run_cli(["--model", model, "--eval-file", data, "--output-dir", str(out)], capsys)
         assert code == 2 and message in err, err
         assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cli_refuses_a_missing_device(finetuned, tmp_path, capsys):
+    out = tmp_path / "tuned"
+    args = ["--model", finetuned["finetuned"], "--eval-file", finetuned["dev"], "--output-dir", str(out)]
+    code, _, err = run_cli([*args, "--device", "cuda"], capsys)
+    assert code == 2 and "--device cuda: no CUDA device" in err and not out.exists()

@@ -20,17 +20,40 @@ namespace cpu {
 // Like an axpy-style matrix-vector product: voting rows stream past in order, eight at a time, and
 // are added into one accumulator row that stays in L1, so each probability element costs one load
 // and one add and the accumulators are read and written once per eight rows. The loops are compiled
-// twice, for AVX2 (with F16C and FMA: "arch=haswell") and for the baseline, and the variant is picked
-// at load time (GCC function multi-versioning), so the library stays portable while a modern CPU gets
-// 8-wide vectors. Restrict pointers and independent columns let the compiler vectorise (no
-// reassociation across rows is needed: the order of additions is written out).
+// twice, for AVX2 (with F16C and FMA) and for the baseline, and the variant is picked at run time by
+// the CPU's features (PB_CPU_VARIANTS), so the library stays portable while a modern CPU gets 8-wide
+// vectors. Restrict pointers and independent columns let the compiler vectorise (no reassociation
+// across rows is needed: the order of additions is written out).
 // ---------------------------------------------------------------------------------------------
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define PB_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
+// Whether this CPU runs the AVX2 variants: AVX2, FMA and F16C, checked once. By feature, not by model:
+// GCC's target_clones("arch=haswell") resolves by CPU model, so an AMD CPU with AVX2 got the baseline.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define PB_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+inline bool cpu_has_avx2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return yes;
+}
 #else
-#define PB_CPU_CLONES
+#define PB_TARGET_AVX2
+inline bool cpu_has_avx2() { return false; }
 #endif
+
+// Defines `static void name params` running `body args` compiled for AVX2 where the CPU has it, else
+// for the baseline (body is an always_inline function, compiled into each variant).
+#define PB_CPU_VARIANTS(name, body, params, args)              \
+  PB_TARGET_AVX2 static void name##_avx2 params { body args; } \
+  static void name##_baseline params { body args; }            \
+  static void name params {                                    \
+    if (cpu_has_avx2()) {                                      \
+      name##_avx2 args;                                        \
+    } else {                                                   \
+      name##_baseline args;                                    \
+    }                                                          \
+  }
 
 // acc[w] += sum of rows r[0..ROWS)[w] for w < width, ROWS in {1, 4, 8}, added as a balanced tree.
 template <typename T, int ROWS>
@@ -111,18 +134,15 @@ inline __attribute__((always_inline)) void chunk_sums(float* total, float* block
   }
 }
 
-PB_CPU_CLONES static void chunk_sums_f32(float* total, float* block_acc, const float** rows, i64 count, i64 width,
-                                         bool prefetch) {
-  chunk_sums<F32>(total, block_acc, rows, count, width, prefetch);
-}
-PB_CPU_CLONES static void chunk_sums_f16(float* total, float* block_acc, const u16** rows, i64 count, i64 width,
-                                         bool prefetch) {
-  chunk_sums<F16>(total, block_acc, rows, count, width, prefetch);
-}
-PB_CPU_CLONES static void chunk_sums_bf16(float* total, float* block_acc, const u16** rows, i64 count, i64 width,
-                                          bool prefetch) {
-  chunk_sums<BF16>(total, block_acc, rows, count, width, prefetch);
-}
+PB_CPU_VARIANTS(chunk_sums_f32, chunk_sums<F32>,
+                (float* total, float* block_acc, const float** rows, i64 count, i64 width, bool prefetch),
+                (total, block_acc, rows, count, width, prefetch))
+PB_CPU_VARIANTS(chunk_sums_f16, chunk_sums<F16>,
+                (float* total, float* block_acc, const u16** rows, i64 count, i64 width, bool prefetch),
+                (total, block_acc, rows, count, width, prefetch))
+PB_CPU_VARIANTS(chunk_sums_bf16, chunk_sums<BF16>,
+                (float* total, float* block_acc, const u16** rows, i64 count, i64 width, bool prefetch),
+                (total, block_acc, rows, count, width, prefetch))
 
 inline void dispatch_chunk_sums(F32, float* total, float* block_acc, const float** rows, i64 count, i64 width,
                                 bool prefetch) {

@@ -6,7 +6,13 @@ when built with a CUDA toolkit, CUDA kernels that run on every GPU from the Kepl
 - ``powerbert::significance_from_probs(probs, mask, q_offset=0, exclude_self=False)``: PoWER-BERT's
   significance from a materialised block of attention probabilities;
 - ``powerbert::select_gather_ext(hidden, significance, mask, keep)``: select-and-gather with the
-  semantics of :func:`powerbert_kernels.ops.select_gather_ref`.
+  semantics of :func:`powerbert_kernels.ops.select_gather_ref`;
+
+and a CPU-only one:
+
+- ``powerbert::attention_significance_cpu(q, k, v, mask, scale, exclude_self)``: fused multi-head
+  attention with significance (the semantics of
+  :func:`powerbert_kernels.ops.attention_with_significance_ref`), one parallel region per call.
 
 They are kernels, not public ops: :mod:`.backend` runs them as the ``ext`` implementations of
 ``powerbert::attention_with_significance`` and ``powerbert::select_gather``, whose fake and autograd

@@ -4,16 +4,24 @@ Importing this module fails, with the reason, when the compiled extension is not
 
 - ``select_gather``: the C++ / CUDA select-and-gather kernel (no sort: O(N) selection per row on the
   CPU, a rank count per position on the GPU, then a copy of the kept rows).
-- ``attention_with_significance``: attention computed with PyTorch as the reference does (fp32 scores,
-  softmax and probs @ v, block by block over query rows with the reference's memory bound), with the
-  significance of each block of probabilities from ``powerbert::significance_from_probs`` (one read of
-  the block, no vote matrix, the diagonal left out in the same pass). This is what a GPU without fused
-  Triton attention (before Volta) runs.
+- ``attention_with_significance``: on the CPU, the fused C++ kernel
+  ``powerbert::attention_significance_cpu`` (one parallel region per call; per task of (batch row,
+  head, block of query rows) two BLAS GEMMs and the softmax and significance votes of the block in
+  between, reading the projections' strided q/k/v in place). On CUDA, attention computed with PyTorch
+  as the reference does (fp32 scores, softmax and probs @ v, block by block over query rows with the
+  reference's memory bound), with the significance of each block of probabilities from
+  ``powerbert::significance_from_probs`` (one read of the block, no vote matrix, the diagonal left out
+  in the same pass): what a GPU without fused Triton attention (before Volta) runs.
 
 Where it is picked automatically: on CUDA whenever the kernels were built for the GPU (after Triton in
-the dispatch order, so on GPUs Triton cannot serve); on the CPU only where it measured at least as
-fast as the reference with no more memory (benchmarks/results/ext_cpu.md): select-and-gather yes,
-attention no.
+the dispatch order, so on GPUs Triton cannot serve); on the CPU for both ops. Select-and-gather measured
+4-10x faster than the reference (benchmarks/results/ext_cpu.md). The fused attention does the
+reference's GEMMs and softmax with none of its work around them: no fp32 layout copies of q, k and v,
+no bias tensor, one parallel region per call instead of four per block of query rows (each a wake-up
+and a barrier that waits for the slowest thread), and dynamic task assignment, so a thread descheduled
+by another process holds the call up by one task only. Single-threaded it took less than half the
+reference's CPU time at B=16, N=128 (about SDPA's, which computes no significance);
+``benchmarks/test_bench_ext.py -k cpu_attention`` measures it against both.
 """
 
 from __future__ import annotations
@@ -32,11 +40,16 @@ if LOAD_ERROR is not None:
 _BUILD = build_info()
 DETAIL = "C++ CPU kernels" + (f"; CUDA kernels for {_BUILD['cuda_archs']}" if _BUILD["cuda"] else "; no CUDA kernels")
 
-CPU_ATTENTION_NOT_AUTOMATIC = (
-    "on the CPU the extension runs the same PyTorch attention as the reference and only replaces its column "
-    "sums: measured within a few percent of the reference, no consistent gain (benchmarks/results/ext_cpu.md), "
-    "so it runs only when forced"
+
+STALE_BUILD_REASON = (
+    "the loaded extension has no fused CPU attention (powerbert::attention_significance_cpu): it was built "
+    "from older sources; rebuild it with `pip install --no-build-isolation -e .`"
 )
+
+
+def has_cpu_attention() -> bool:
+    """Whether the loaded extension registers the fused CPU attention (a build from older sources does not)."""
+    return hasattr(torch.ops.powerbert, "attention_significance_cpu")
 
 
 @functools.cache
@@ -74,15 +87,16 @@ class ExtBackend(OpBackend):
 
 
 class ExtAttention(ExtBackend):
-    """PyTorch attention, significance from the extension (one read of each block of probabilities)."""
+    """The fused C++ attention on the CPU; on CUDA, PyTorch attention with the significance from the
+    extension (one read of each block of probabilities)."""
 
     op = "attention_with_significance"
 
     @classmethod
-    def forced_only_reasons(cls, inputs: OpInputs) -> list[str]:
-        reasons = super().forced_only_reasons(inputs)
-        if inputs.device.type == "cpu":
-            reasons.append(CPU_ATTENTION_NOT_AUTOMATIC)
+    def not_supported_reasons(cls, inputs: OpInputs) -> list[str]:
+        reasons = super().not_supported_reasons(inputs)
+        if inputs.device.type == "cpu" and not has_cpu_attention():
+            reasons.append(STALE_BUILD_REASON)
         return reasons
 
     @staticmethod
@@ -94,7 +108,8 @@ class ExtAttention(ExtBackend):
         scale: float,
         exclude_self: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention with significance: PyTorch attention, significance from the extension.
+        """Attention with significance: the fused C++ kernel on the CPU; on CUDA, PyTorch attention with
+        the extension's significance.
 
         Args:
             q, k, v: (B, N, H, d) float, last dimension contiguous.
@@ -105,6 +120,8 @@ class ExtAttention(ExtBackend):
         Returns:
             out (B, N, H*d) in the dtype of ``q``; significance (B, N) float32.
         """
+        if q.device.type == "cpu":
+            return torch.ops.powerbert.attention_significance_cpu(q, k, v, key_padding_mask, scale, exclude_self)
         mask = key_padding_mask.contiguous()
 
         def column_sums(probs: torch.Tensor, start: int) -> torch.Tensor:

@@ -9,6 +9,19 @@ from .. import ops
 from .retention import LayerKeep, layer_keep
 
 
+def traced() -> bool:
+    """Whether the forward is being traced by ``torch.compile`` or ``torch.export``.
+
+    Eager layers that keep everything skip the significance and the selection. A traced layer always
+    selects, ``min(l_j, n)`` of its ``n`` vectors (the whole set, in order, when nothing is dropped):
+    "does this layer drop anything" is a comparison of sizes, and branching on it would give one graph
+    per regime of the padded length. In a batch where no layer drops anything, a traced model then
+    differs from the eager one only for left-padded rows, which come out right-padded (CLS first), as
+    they do after any dropping layer.
+    """
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 class Extract(nn.Module):
     """Base class of the modules a patched encoder layer calls at the extract position.
 
@@ -49,6 +62,8 @@ class HardExtract(Extract):
         return LayerKeep(self.keep(received, padded_length)) if plan is None else plan
 
     def needs_significance(self, received: int, padded_length: int, plan: LayerKeep | None = None) -> bool:
+        if traced():
+            return True
         plan = self._plan(received, padded_length, plan)
         return plan.width < received or plan.row_counts is not None
 
@@ -62,7 +77,7 @@ class HardExtract(Extract):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         received = hidden.shape[1]
         plan = self._plan(received, padded_length, plan)
-        if plan.width >= received and plan.row_counts is None:
+        if not traced() and plan.width >= received and plan.row_counts is None:
             return hidden, mask, None
         if plan.row_counts is not None:
             mask = _top_per_row(significance, mask, plan.row_counts)

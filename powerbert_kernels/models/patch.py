@@ -153,11 +153,17 @@ def apply_power_bert(
         replacement = adapter.head_forward(target)
         if _passes_keywords(replacement or target.forward):
             head = target
-            head.forward = functools.partial(_power_bert_head_forward, head, head.__dict__.get("forward"), replacement)
+            patched = functools.partial(_power_bert_head_forward, head, head.__dict__.get("forward"), replacement)
+            # Callers that read the forward's parameters (Trainer keeps only the dataset columns the model
+            # accepts) must see the stock ones, not (*args, **kwargs).
+            patched.__signature__ = inspect.signature(head.forward)
+            head.forward = patched
     if sentence_module is not None:
         sentence.patch_transformer_module(sentence_module)
     setattr(base, _STATE, _PatchState(adapter, planned, exclude_self, head, sentence_module))
-    base.forward = functools.partial(_power_bert_forward, base)
+    patched = functools.partial(_power_bert_forward, base)
+    patched.__signature__ = inspect.signature(base.forward)
+    base.forward = patched
     return model
 
 

@@ -21,6 +21,8 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 Retention = Sequence[int] | Sequence[float]
 
 CONFIG_KEY = "power_bert_retention"
@@ -109,10 +111,14 @@ def layer_keep(entry: int | float, received: int, padded_length: int) -> int:
         entry: the layer's retention entry (a count, or a fraction of the row's length).
         received: vectors the layer receives.
         padded_length: N, the length of every row (see :func:`layer_plan` for rows of their own lengths).
+
+    ``received`` and ``padded_length`` may be symbolic sizes (``torch.SymInt`` under ``torch.compile``
+    or ``torch.export``): the count is then the symbolic ``min(entry, received)`` (for a fraction, of
+    ``ceil(entry * N)``), which adds no guard on the sizes.
     """
     if isinstance(entry, float):
         entry = fraction_count(entry, padded_length)
-    return min(int(entry), received)
+    return torch.sym_min(int(entry), received)
 
 
 def keep_counts(retention: Retention, padded_length: int) -> list[int]:

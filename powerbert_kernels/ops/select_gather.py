@@ -159,7 +159,8 @@ def select_gather(
         significance: (B, N) float (computed in float32), e.g. from
             :func:`~powerbert_kernels.ops.attention_with_significance`.
         mask: (B, N) bool, True = real token.
-        keep: vectors to keep per row, 1 <= keep <= N.
+        keep: vectors to keep per row, 1 <= keep <= N (an int, or a ``torch.SymInt`` under
+            ``torch.compile``/``torch.export``).
         backend: ``"triton"``, ``"ext"``, ``"torch"`` or ``None`` (``POWERBERT_BACKEND``, else the
             fastest that can run).
 
@@ -174,16 +175,18 @@ def select_gather(
     B, N, D = hidden.shape
     if N < 1 or D < 1:
         raise ValueError(f"hidden must have N and D of at least 1, got shape {tuple(hidden.shape)}")
-    significance = check_tensor("significance", significance, 2, f"(B, N) = ({B}, {N})")
+    significance = check_tensor("significance", significance, 2, lambda: f"(B, N) = ({B}, {N})")
     if tuple(significance.shape) != (B, N):
         raise ValueError(f"significance must have shape (B, N) = ({B}, {N}), got {tuple(significance.shape)}")
     if not significance.is_floating_point():
         raise TypeError(f"significance must be a float tensor, got {significance.dtype}")
     check_same_device("significance", significance, hidden.device)
     check_mask("mask", mask, B, N, hidden.device)
-    if isinstance(keep, bool) or not isinstance(keep, int):
+    if isinstance(keep, bool) or not isinstance(keep, (int, torch.SymInt)):
         raise TypeError(f"keep must be an int, got {type(keep).__name__}")
-    if not 1 <= keep <= N:
+    # A symbolic keep (torch.compile, torch.export) is left unchecked: comparing it with N would add a
+    # guard on the sizes, which torch.export refuses even where the comparison always holds.
+    if isinstance(keep, int) and isinstance(N, int) and not 1 <= keep <= N:
         raise ValueError(f"keep must be between 1 and N={N}, got {keep}")
     if B == 0:
         return hidden.new_empty(0, keep, D), mask.new_empty(0, keep), hidden.new_empty(0, keep, dtype=torch.int64)

@@ -12,6 +12,7 @@ PLOT_FILE = "tune.png"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli_args import device_name
     from .cli_train import add_data_arguments
 
     parser.add_argument("--model", required=True, help="a fine-tuned sequence classifier (local folder or hub id)")
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--bench-repeats", type=int, default=5, help="interleaved timing repeats (default: 5)")
     search.add_argument(
         "--no-speed", action="store_true", help="skip the timing (FLOP ratios only; not with --target-speedup)"
+    )
+    parser.add_argument(
+        "--device", type=device_name, help="cpu, cuda or cuda:N to score and time on (default: the GPU if any)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -114,6 +118,7 @@ def tune(args: argparse.Namespace) -> dict:
 
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from ..cli_args import resolve_device
     from ..models.architectures import registered_model_types
     from ..models.retention import CONFIG_KEY
     from .plots import plot_tune
@@ -136,6 +141,7 @@ def tune(args: argparse.Namespace) -> dict:
     if args.no_labels and args.glue_task is not None:
         raise ValueError("--no-labels: only with --eval-file")
     _check_output_dir(args.output_dir)
+    device = resolve_device(args.device)
     try:
         config = AutoConfig.from_pretrained(args.model)
     except Exception as e:
@@ -157,7 +163,7 @@ def tune(args: argparse.Namespace) -> dict:
     if len(texts) < MIN_ROWS:
         raise ValueError(f"--eval-file: {len(texts)} rows; at least {MIN_ROWS} are needed to choose a configuration")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model).to(device)
     result = tune_retention(
         model,
         tokenizer,

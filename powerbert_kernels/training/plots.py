@@ -131,6 +131,7 @@ def plot_tune(report: dict, path: str) -> str:
         ax.axhline(base - report["max_drop"], color="grey", linestyle=":", linewidth=1, label="allowed drop")
     ax.set_xlabel("FLOP ratio (stock / PoWER-BERT)")
     ax.set_ylabel(f"{name} on the search rows (points)")
+    ax.margins(x=0.12)  # room for the chosen configuration's label
     ax.set_title("powerbert tune: configurations scored")
     ax.legend(fontsize=7)
     fig.tight_layout()

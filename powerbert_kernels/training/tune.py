@@ -444,6 +444,14 @@ def _tune(
                 continue
             current = best[2]
             tried[current]["accepted"] = True
+            logger.info(
+                "tune: %s, %s %.2f, FLOP ratio %.2fx (%d configurations scored)",
+                list(current),
+                metric_name,
+                tried[current]["metric"],
+                tried[current]["flop_ratio"],
+                len(tried),
+            )
             if target_speedup is not None and tried[current]["flop_ratio"] >= target_speedup:
                 if measure(current)["speedup"] >= target_speedup:
                     stopped = f"measured speed-up reached {target_speedup:g}x"
