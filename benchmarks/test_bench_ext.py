@@ -172,10 +172,10 @@ def test_cpu_attention_ext_vs_reference(benchmark, threads, B, N):
         return out.transpose(1, 2).reshape(B, N, H * d)
 
     with torch.inference_mode():
-        times = interleaved_times({"reference": ref, "ext": cand, "sdpa": sdpa}, rounds=15)
+        times = interleaved_times({"torch": ref, "ext": cand, "sdpa": sdpa}, rounds=15)
         mem_ref, mem_ext = peak_memory_mb(ref, torch.device("cpu")), peak_memory_mb(cand, torch.device("cpu"))
         mem_sdpa = peak_memory_mb(sdpa, torch.device("cpu"))
-    ref_ms, ext_ms, sdpa_ms = (statistics.median(times[k]) * 1e3 for k in ("reference", "ext", "sdpa"))
+    ref_ms, ext_ms, sdpa_ms = (statistics.median(times[k]) * 1e3 for k in ("torch", "ext", "sdpa"))
     benchmark.group = f"cpu attention_with_significance B={B} N={N} H={H} d={d} fp32 threads={threads}"
     record(
         benchmark,

@@ -378,7 +378,7 @@ def test_bench_runs_the_new_configurations(name, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("make", [distilbert, modernbert_mean])
-def test_eval_command_runs_the_new_architectures(make, minilm_tokenizer, tmp_path, capsys):
+def test_eval_and_predict_commands_run_the_new_architectures(make, minilm_tokenizer, tmp_path, capsys):
     # A saved random classifier with its configuration in config.json, a real BERT tokenizer (its token
     # type ids are ignored by these models, patched or not), a few labelled sentences.
     torch.manual_seed(0)
@@ -394,3 +394,14 @@ def test_eval_command_runs_the_new_architectures(make, minilm_tokenizer, tmp_pat
     assert main([*argv, "--no-speed", "--output", str(tmp_path / "out.json")]) == 0
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["num_eval"] == 4 and result["flop_ratio"] > 1
+    # predict pads the sentences into one batch: each must get what it gets alone.
+    sentences = [row.split("\t")[0] for row in rows]
+    (tmp_path / "in.tsv").write_text("sentence\n" + "\n".join(sentences) + "\n")
+    argv = ["predict", "--model", str(folder), "--input", str(tmp_path / "in.tsv"), "--max-length", "12"]
+    assert main([*argv, "--output", str(tmp_path / "out.jsonl")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    model.eval()
+    for sentence, record in zip(sentences, records, strict=True):
+        with torch.no_grad():
+            alone = model(**minilm_tokenizer([sentence], return_tensors="pt")).logits.softmax(dim=-1)[0]
+        torch.testing.assert_close(torch.tensor(list(record["probabilities"].values())), alone, atol=1e-5, rtol=0)

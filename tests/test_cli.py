@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 import powerbert_kernels
 from powerbert_kernels.benchmarking import default_retention
 from powerbert_kernels.cli import COMMANDS, build_parser, main
+from powerbert_kernels.demo import SENTENCES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,9 +51,19 @@ def subprocess_cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
 def test_demo_runs_on_the_default_model(minilm_path, capsys):
     assert main(["demo", "--batch", "6", "--repeats", "2", "--no-color"]) == 0
     out = capsys.readouterr().out
-    assert "L6" in out and "[CLS]" in out
-    assert "speed-up" in out and "FLOP ratio" in out
-    assert "embedding cosine to the stock model (SentenceTransformer.encode)" in out
+    header = re.search(r"kept per layer of (\d+) tokens: \[([\d, ]+)\]", out)
+    assert header, out
+    n, kept = int(header[1]), [int(x) for x in header[2].split(",")]
+    assert len(kept) == 6 and kept == sorted(kept, reverse=True) and 1 <= kept[-1] <= kept[0] <= n, out
+    # One block per built-in sentence: its tokens from [CLS] on, then six layers that keep at most as many.
+    assert len(re.findall(r"^  input \[CLS\] ", out, re.MULTILINE)) == len(SENTENCES), out
+    survivors = [(int(a), int(b)) for a, b in re.findall(r"^  L\d\s+.*\((\d+)/(\d+)\)$", out, re.MULTILINE)]
+    assert len(survivors) == 6 * len(SENTENCES) and all(1 <= a <= b for a, b in survivors), out
+    cosines = [float(c) for c in re.findall(r"tokens; embedding cosine to the stock model: (-?\d\.\d{4})$", out, re.M)]
+    assert len(cosines) == len(SENTENCES) and all(0.5 < c <= 1.0001 for c in cosines), out
+    timing = re.search(r"speed-up (\d+\.\d\d)x  \(FLOP ratio (\d+\.\d\d)x, 2 interleaved repeats\)", out)
+    assert timing and float(timing[1]) > 0 and float(timing[2]) > 1, out
+    assert re.search(r"embedding cosine to the stock model \(SentenceTransformer\.encode\): mean 0\.\d{4}, min", out)
 
 
 def test_demo_takes_a_model_folder_and_texts(minilm_path, capsys):
@@ -75,7 +87,9 @@ def test_demo_takes_a_model_folder_and_texts(minilm_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "(2/12)" in out  # the last layer keeps 2 of the 12 tokens
+    assert "retention: [8, 6, 5, 4, 3, 2]  ->  kept per layer of 12 tokens: [8, 6, 5, 4, 3, 2]" in out, out
+    survivors = re.findall(r"^  L(\d)\s+.*\((\d+)/12\)$", out, re.MULTILINE)
+    assert [(int(j), int(k)) for j, k in survivors] == [(1, 8), (2, 6), (3, 5), (4, 4), (5, 3), (6, 2)], out
 
 
 def test_bench_json_has_the_promised_keys(capsys):

@@ -180,6 +180,17 @@ def test_public_op_picks_it_on_the_cpu_and_matches_the_torch_backend():
     torch.testing.assert_close(sig, ref_sig, atol=2e-5, rtol=2e-5)
 
 
+def test_an_extension_built_from_older_sources_falls_back_to_the_reference(monkeypatch):
+    from powerbert_kernels.ext import backend
+
+    monkeypatch.setattr(backend, "has_cpu_attention", lambda: False)
+    call = ops.AttentionInputs(torch.device("cpu"), torch.float32, batch=2, seq_len=8, heads=2, head_dim=4)
+    assert ops.resolve("attention_with_significance", call) == "torch"
+    assert ops.explain("attention_with_significance", call)["ext"] == [backend.STALE_BUILD_REASON]
+    with pytest.raises(ops.BackendUnavailableError, match="rebuild it"):
+        ops.resolve("attention_with_significance", call, backend="ext")
+
+
 def test_public_op_gradient_through_the_ext_backend():
     g = torch.Generator().manual_seed(4)
     q, k, v = (t.clone().requires_grad_() for t in make_qkv(2, 12, 2, 8, torch.float32, "head_major", g))

@@ -1,7 +1,7 @@
-"""The selection rule of select-and-gather, specified once (``ops.preference_key``), against every
-implementation: the reference, the Triton kernel's int64 keys and the C++/CUDA kernels' uint64 keys (both
-compared key by key, up to the largest N each supports), and the kernels' outputs on random rows full of
-ties, signed zeros, infinities and NaNs."""
+"""The selection rule of select-and-gather, specified once (``ops.preference_key``), against the reference,
+the C++/CUDA kernels' uint64 keys (key by key, up to the largest N they order) and the C++ kernel's output
+on random rows full of ties, signed zeros, infinities and NaNs. The Triton kernel's keys and output are
+checked against the same specification in ``test_triton_select_gather.py``."""
 
 from __future__ import annotations
 
@@ -14,14 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from powerbert_kernels import ext, ops
-from powerbert_kernels.triton._common import MAX_SEQ_LEN
-from powerbert_kernels.triton.select_gather import _sort_keys, select_gather_triton
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 # Few distinct values, so that rows are full of ties; both zeros, both infinities and NaN.
@@ -96,17 +92,6 @@ def test_ext_kernel_follows_the_spec(case):
     check_against_spec(ext.select_gather_ext, *case)
 
 
-def _triton_select(hidden, sig, mask, keep):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return [t.cpu() for t in select_gather_triton(hidden.to(device), sig.to(device), mask.to(device), keep)]
-
-
-@settings(SETTINGS, max_examples=25)
-@given(rows(max_n=20))
-def test_triton_kernel_follows_the_spec(case):
-    check_against_spec(_triton_select, *case)
-
-
 @st.composite
 def positions(draw, n_max: int):
     """Distinct positions of one row of the longest length a kernel orders, from both of its ends."""
@@ -122,39 +107,6 @@ def assert_same_order(kernel_keys: list[int], pos, sig, real, cls) -> None:
     spec = [ops.preference_key(s, p, p == cls, r) for p, s, r in zip(pos, sig, real, strict=True)]
     assert spec_order(kernel_keys) == spec_order(spec), list(zip(pos, sig, real, kernel_keys, strict=True))
     assert len(set(kernel_keys)) == len(kernel_keys)
-
-
-@triton.jit
-def _keys_kernel(SIG, MASK, POS, OUT, N, CLS_POS, COUNT, BLOCK: tl.constexpr):
-    offs = tl.arange(0, BLOCK)
-    pos = tl.load(POS + offs, mask=offs < COUNT, other=0)
-    key, _ = _sort_keys(SIG, MASK, 0, pos, N, CLS_POS)
-    tl.store(OUT + offs, key, mask=offs < COUNT)
-
-
-@pytest.fixture(scope="module")
-def triton_keys():
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    sig_row = torch.zeros(MAX_SEQ_LEN, dtype=torch.float32, device=device)
-    mask_row = torch.zeros(MAX_SEQ_LEN, dtype=torch.uint8, device=device)
-
-    def keys(pos, sig, real, cls) -> list[int]:
-        index = torch.tensor(pos, dtype=torch.int64, device=device)
-        sig_row[index] = torch.tensor(sig, dtype=torch.float32, device=device)
-        mask_row[index] = torch.tensor(real, dtype=torch.uint8, device=device)
-        out = torch.empty(len(pos), dtype=torch.int64, device=device)
-        _keys_kernel[(1,)](sig_row, mask_row, index.to(torch.int32), out, MAX_SEQ_LEN, cls, len(pos), BLOCK=8)
-        return out.tolist()
-
-    keys.max_n = MAX_SEQ_LEN
-    return keys
-
-
-@settings(SETTINGS, max_examples=40)
-@given(data=st.data())
-def test_triton_keys_follow_the_spec_up_to_the_largest_n(triton_keys, data):
-    case = data.draw(positions(triton_keys.max_n))
-    assert_same_order(triton_keys(*case), *case)
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,18 @@ import torch
 
 pytest.importorskip("triton")  # the `triton` extra
 
+import triton
+import triton.language as tl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_selection_rule import SETTINGS, assert_same_order, check_against_spec, positions, rows
 from test_triton_attention import make_mask
 
 from powerbert_kernels import ops
 from powerbert_kernels.ops import SelectGatherInputs, select_gather_ref
+from powerbert_kernels.triton._common import MAX_SEQ_LEN
 from powerbert_kernels.triton.backend import TritonSelectGather
-from powerbert_kernels.triton.select_gather import select_gather_triton
+from powerbert_kernels.triton.select_gather import _sort_keys, select_gather_triton
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
@@ -153,3 +159,50 @@ def test_gpu_shapes(B, N, D, keep):
     mask = make_mask(B, N, "mixed", seed=N)
     hidden = torch.randn(B, N, D).half()
     check_against_reference(hidden, make_significance(mask, "ties", seed=N), mask, keep)
+
+
+# --- the selection rule's specification (ops.preference_key) ---------------------------------------
+
+
+def _triton_select(hidden, sig, mask, keep):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return [t.cpu() for t in select_gather_triton(hidden.to(device), sig.to(device), mask.to(device), keep)]
+
+
+@settings(SETTINGS, max_examples=25)
+@given(rows(max_n=20))
+def test_triton_kernel_follows_the_spec(case):
+    check_against_spec(_triton_select, *case)
+
+
+@triton.jit
+def _keys_kernel(SIG, MASK, POS, OUT, N, CLS_POS, COUNT, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    pos = tl.load(POS + offs, mask=offs < COUNT, other=0)
+    key, _ = _sort_keys(SIG, MASK, 0, pos, N, CLS_POS)
+    tl.store(OUT + offs, key, mask=offs < COUNT)
+
+
+@pytest.fixture(scope="module")
+def triton_keys():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sig_row = torch.zeros(MAX_SEQ_LEN, dtype=torch.float32, device=device)
+    mask_row = torch.zeros(MAX_SEQ_LEN, dtype=torch.uint8, device=device)
+
+    def keys(pos, sig, real, cls) -> list[int]:
+        index = torch.tensor(pos, dtype=torch.int64, device=device)
+        sig_row[index] = torch.tensor(sig, dtype=torch.float32, device=device)
+        mask_row[index] = torch.tensor(real, dtype=torch.uint8, device=device)
+        out = torch.empty(len(pos), dtype=torch.int64, device=device)
+        _keys_kernel[(1,)](sig_row, mask_row, index.to(torch.int32), out, MAX_SEQ_LEN, cls, len(pos), BLOCK=8)
+        return out.tolist()
+
+    keys.max_n = MAX_SEQ_LEN
+    return keys
+
+
+@settings(SETTINGS, max_examples=40)
+@given(data=st.data())
+def test_triton_keys_follow_the_spec_up_to_the_largest_n(triton_keys, data):
+    case = data.draw(positions(triton_keys.max_n))
+    assert_same_order(triton_keys(*case), *case)

@@ -41,6 +41,17 @@ _BUILD = build_info()
 DETAIL = "C++ CPU kernels" + (f"; CUDA kernels for {_BUILD['cuda_archs']}" if _BUILD["cuda"] else "; no CUDA kernels")
 
 
+STALE_BUILD_REASON = (
+    "the loaded extension has no fused CPU attention (powerbert::attention_significance_cpu): it was built "
+    "from older sources; rebuild it with `pip install --no-build-isolation -e .`"
+)
+
+
+def has_cpu_attention() -> bool:
+    """Whether the loaded extension registers the fused CPU attention (a build from older sources does not)."""
+    return hasattr(torch.ops.powerbert, "attention_significance_cpu")
+
+
 @functools.cache
 def _cuda_device_reasons(index: int) -> tuple[str, ...]:
     from .. import _C
@@ -80,6 +91,13 @@ class ExtAttention(ExtBackend):
     extension (one read of each block of probabilities)."""
 
     op = "attention_with_significance"
+
+    @classmethod
+    def not_supported_reasons(cls, inputs: OpInputs) -> list[str]:
+        reasons = super().not_supported_reasons(inputs)
+        if inputs.device.type == "cpu" and not has_cpu_attention():
+            reasons.append(STALE_BUILD_REASON)
+        return reasons
 
     @staticmethod
     def apply(

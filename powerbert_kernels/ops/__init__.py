@@ -5,6 +5,8 @@ checks its arguments, and the one torch custom op in the ``powerbert`` namespace
 autograd formula, FLOP formula) whose body runs the backend the dispatcher picked (see :mod:`.dispatch`).
 The backends (:mod:`.torch_backend`, :mod:`powerbert_kernels.triton.backend`,
 :mod:`powerbert_kernels.ext.backend`) are implementations behind those ops, imported on first use.
+Local (sliding-window) attention in original positions (:mod:`.local_attention`, for ModernBERT's local
+layers) exists only in pure PyTorch and is plain differentiable PyTorch, not a dispatched custom op.
 """
 
 from .attention import attention, attention_flops, attention_with_significance, attention_with_significance_ref

@@ -23,6 +23,7 @@ call, in Python, before the custom op is entered: the backend name is an argumen
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable
@@ -168,11 +169,14 @@ class OpBackend:
 
 def compute_capability(device: torch.device) -> tuple[int, int]:
     """(major, minor) compute capability of a CUDA device (the current one when it has no index)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _capabilities.setdefault(index, torch.cuda.get_device_capability(index))
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
 
 
-_capabilities: dict[int, tuple[int, int]] = {}
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    # Asked on every dispatch to a GPU: once per device is enough.
+    return torch.cuda.get_device_capability(index)
+
 
 _REGISTRY: dict[str, dict[str, type[OpBackend]]] = {}
 _MISSING: dict[str, str] = {}

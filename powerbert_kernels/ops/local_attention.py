@@ -138,15 +138,18 @@ def local_attention_with_significance(
 
 
 def column_sums_elementwise(probs: torch.Tensor, key_padding_mask: torch.Tensor, exclude_self: bool) -> torch.Tensor:
-    """:func:`~powerbert_kernels.ops.attention.column_sums_ref` of a whole (B, H, n, n) probability tensor.
+    """:func:`~powerbert_kernels.ops.attention.column_sums_ref` of a whole (B, H, n, n) probability tensor:
+    (B, n) float32, each vector's probability summed over heads and real query rows.
 
     Written as a masked elementwise sum rather than a matrix product: it is ranking work, not part of the
     model's matrix FLOPs, and a FLOP counter then sees only the attention's own two products.
     """
-    votes = key_padding_mask.to(probs.dtype)[:, None, :, None]
-    sums = (probs * votes).sum(dim=(1, 2))
+    votes = key_padding_mask.to(probs.dtype)
+    # Heads first: one (B, n, n) temporary instead of a weighted copy of the (B, H, n, n) probabilities.
+    per_pair = probs.sum(dim=1)
+    sums = (per_pair * votes[:, :, None]).sum(dim=1)
     if exclude_self:
-        sums -= torch.diagonal(probs, dim1=-2, dim2=-1).sum(dim=1) * key_padding_mask.to(probs.dtype)
+        sums -= torch.diagonal(per_pair, dim1=-2, dim2=-1) * votes
     return sums
 
 
