@@ -516,6 +516,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``powerbert bench``: the settings it changes (threads, forced backend) are restored on return."""
+    import torch
+
+    threads, backend = torch.get_num_threads(), os.environ.get("POWERBERT_BACKEND")
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+        if backend is None:
+            os.environ.pop("POWERBERT_BACKEND", None)
+        else:
+            os.environ["POWERBERT_BACKEND"] = backend
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from .models import apply_power_bert, flop_ratio, keep_counts

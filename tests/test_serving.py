@@ -333,7 +333,9 @@ def test_patched_model_pickles(classifier, retention, bare):
         assert not is_patched(copied) and is_patched(model), how
 
 
-def _run_in_worker(model, batch):
+def _run_in_worker(model, batch, threads):
+    # The same thread count as the parent, so that the CPU matmuls reduce in the same order: bit-equal.
+    torch.set_num_threads(threads)
     with torch.no_grad():
         out = model(**batch)
     return out.logits, out.kept_indices
@@ -344,7 +346,7 @@ def test_patched_model_runs_in_a_spawn_worker(classifier):
     batch = padded_batch(random_rows([11, 3, 7], seed=5), "left")
     want, want_kept = _outputs(model, batch)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        got, got_kept = pool.apply(_run_in_worker, (model, batch))
+        got, got_kept = pool.apply(_run_in_worker, (model, batch, torch.get_num_threads()))
     assert torch.equal(got, want) and torch.equal(got_kept, want_kept)
 
 
