@@ -1,14 +1,19 @@
-"""``powerbert predict``: run a saved PoWER-BERT classifier over a file of texts.
+"""``powerbert predict``: run a saved PoWER-BERT classifier (or regression model) over a file of texts.
 
 Reads CSV, TSV, JSON or JSON lines; writes JSON lines in input order, one object per input row::
 
     {"id": "a17", "label": "positive", "probabilities": {"negative": 0.0132, "positive": 0.9868}}
 
-(``id`` only when the input has the ``--id-column``). Texts are tokenized once, sorted by length and
+(``id`` only when the input has the ``--id-column``). A regression model (one real-valued output,
+``problem_type="regression"``, as for STS-B) writes its score instead of a label and probabilities::
+
+    {"id": "a17", "score": 3.8127}
+ Texts are tokenized once, sorted by length and
 batched with their neighbours, so that each batch pads little; texts longer than ``--max-length`` tokens
 are truncated and counted. The closing line gives the throughput and the FLOP ratio on this data;
 ``--compare`` also runs the same weights unpatched, batch by batch in alternating order, and reports how
-often the predicted labels agree and the measured speed-up.
+often the predicted labels agree (for a regression model: the Pearson correlation of the two models' scores
+and their largest difference) and the measured speed-up.
 
 The output appears only when complete: it is written to a temporary file beside it and renamed.
 
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-HELP = "label a file of texts with a saved PoWER-BERT classifier (JSON lines out, in input order)"
+HELP = "label (or score) a file of texts with a saved PoWER-BERT model (JSON lines out, in input order)"
 
 
 @dataclass
@@ -62,11 +67,12 @@ class Batches:
 
 @dataclass
 class Shard:
-    """What one process computed: rows, their probabilities, and its counters."""
+    """What one process computed: rows, their outputs (class probabilities, or the score of a regression
+    model), the unpatched model's (its class, or its score) with ``--compare``, and its counters."""
 
     rows: list[int] = field(default_factory=list)
-    probabilities: list[list[float]] = field(default_factory=list)
-    stock_labels: list[int] = field(default_factory=list)
+    outputs: list[list[float]] | list[float] = field(default_factory=list)
+    stock_outputs: list[int] | list[float] = field(default_factory=list)
     power_seconds: float = 0.0
     stock_seconds: float = 0.0
     stock_flops: int = 0
@@ -206,9 +212,11 @@ def predict_shard(
     retention,
     device: torch.device,
     progress,
+    regression: bool = False,
 ) -> Shard:
     """Run the batches ``batch_ids`` of ``data``; with ``stock``, the unpatched model too (the two in
-    alternating order from batch to batch, so that drift and background load fall on both alike)."""
+    alternating order from batch to batch, so that drift and background load fall on both alike).
+    ``regression``: keep each row's score (the one output) instead of class probabilities."""
     import torch
 
     from .models import model_flops
@@ -235,9 +243,15 @@ def predict_shard(
                 stock_logits, seconds = _timed_logits(stock, inputs, device)
                 shard.stock_seconds += seconds
             shard.rows.extend(rows)
-            shard.probabilities.extend(torch.softmax(logits.float(), dim=-1).cpu().tolist())
+            if regression:
+                shard.outputs.extend(logits[:, 0].float().cpu().tolist())
+            else:
+                shard.outputs.extend(torch.softmax(logits.float(), dim=-1).cpu().tolist())
             if stock_logits is not None:
-                shard.stock_labels.extend(stock_logits.argmax(dim=-1).cpu().tolist())
+                if regression:
+                    shard.stock_outputs.extend(stock_logits[:, 0].float().cpu().tolist())
+                else:
+                    shard.stock_outputs.extend(stock_logits.argmax(dim=-1).cpu().tolist())
             shard.stock_flops += model_flops(power, batch, length)
             shard.power_flops += model_flops(power, batch, length, retention)
             progress.update(len(rows))
@@ -271,17 +285,26 @@ def _labels(config) -> list[str]:
     return [str(config.id2label.get(i, config.id2label.get(str(i), i))) for i in range(config.num_labels)]
 
 
-def write_predictions(path: str, texts: Texts, labels: list[str], probabilities: list[list[float]]) -> None:
-    """One JSON object per row, in input order, written atomically: to a temporary file, then renamed."""
+def write_predictions(
+    path: str, texts: Texts, labels: list[str] | None, outputs: list[list[float]] | list[float]
+) -> None:
+    """One JSON object per row, in input order, written atomically: to a temporary file, then renamed.
+
+    ``outputs``: per row the class probabilities (named by ``labels``), or with ``labels=None`` the score
+    of a regression model.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as f:
-            for i, probs in enumerate(probabilities):
-                best = max(range(len(probs)), key=probs.__getitem__)
+            for i, output in enumerate(outputs):
                 record = {"id": texts.ids[i]} if texts.ids is not None else {}
-                record["label"] = labels[best]
-                record["probabilities"] = {name: round(p, 6) for name, p in zip(labels, probs, strict=True)}
+                if labels is None:
+                    record["score"] = round(output, 6)
+                else:
+                    best = max(range(len(output)), key=output.__getitem__)
+                    record["label"] = labels[best]
+                    record["probabilities"] = {name: round(p, 6) for name, p in zip(labels, output, strict=True)}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     except BaseException:
@@ -307,6 +330,7 @@ def _load(args: argparse.Namespace, device: torch.device):
 
     from .cli_args import check_max_positions, load_error
     from .models import apply_power_bert
+    from .models.loading import is_regression
     from .models.retention import CONFIG_KEY, validate_retention
 
     try:
@@ -323,10 +347,10 @@ def _load(args: argparse.Namespace, device: torch.device):
     if retention is None:
         raise ValueError(f"--model: {args.model} stores no PoWER-BERT configuration ({CONFIG_KEY}); pass --retention")
     retention = validate_retention(list(retention), config.num_hidden_layers, config.max_position_embeddings)
-    if config.num_labels < 2 or config.problem_type in ("regression", "multi_label_classification"):
+    if not is_regression(config) and (config.num_labels < 2 or config.problem_type == "multi_label_classification"):
         raise ValueError(
-            f"--model: {args.model} is not a single-label classifier (num_labels={config.num_labels}, "
-            f"problem_type={config.problem_type!r})"
+            f"--model: {args.model} is neither a single-label classifier nor a regression model "
+            f"(num_labels={config.num_labels}, problem_type={config.problem_type!r})"
         )
     model = AutoModelForSequenceClassification.from_pretrained(args.model).eval()
     stock = copy.deepcopy(model).to(device) if args.compare else None
@@ -350,6 +374,7 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
     import torch
 
     from .cli_args import resolve_device
+    from .models.loading import is_regression
 
     if args.device is None and world > 1 and torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
@@ -362,6 +387,7 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
 
         hf_logging.disable_progress_bar()
     tokenizer, power, stock, retention, config = _load(args, device)
+    regression = is_regression(config)
     data = make_batches(tokenizer, texts, args.max_length, args.batch_size)
 
     from tqdm.auto import tqdm
@@ -370,7 +396,7 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
     mine = list(range(rank, len(data.batches), world))
     with tqdm(total=len(texts.first), disable=not show, unit="text", file=sys.stderr, desc="predict") as bar:
         start = time.perf_counter()
-        shard = predict_shard(power, stock, tokenizer, data, mine, retention, device, bar)
+        shard = predict_shard(power, stock, tokenizer, data, mine, retention, device, bar, regression)
         if world > 1:
             bar.update(len(texts.first) - bar.n)  # the other processes' rows
         shards = _gather(shard, world)
@@ -378,15 +404,15 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
     if rank != 0:
         return 0
 
-    probabilities: list[list[float] | None] = [None] * len(texts.first)
-    stock_labels: list[int | None] = [None] * len(texts.first)
+    outputs: list = [None] * len(texts.first)
+    stock_outputs: list = [None] * len(texts.first)
     for s in shards:
-        for i, probs in zip(s.rows, s.probabilities, strict=True):
-            probabilities[i] = probs
+        for i, output in zip(s.rows, s.outputs, strict=True):
+            outputs[i] = output
         if stock is not None:
-            for i, label in zip(s.rows, s.stock_labels, strict=True):
-                stock_labels[i] = label
-    write_predictions(args.output, texts, _labels(config), probabilities)
+            for i, output in zip(s.rows, s.stock_outputs, strict=True):
+                stock_outputs[i] = output
+    write_predictions(args.output, texts, None if regression else _labels(config), outputs)
 
     n = len(texts.first)
     stock_seconds = max(s.stock_seconds for s in shards)
@@ -399,13 +425,23 @@ def _run(args: argparse.Namespace, rank: int, world: int) -> int:
         f"{data.truncated} of {n} truncated to --max-length {args.max_length}"
     )
     if stock is not None:
-        agree = sum(
-            int(max(range(len(p)), key=p.__getitem__) == s) for p, s in zip(probabilities, stock_labels, strict=True)
-        )
+        if regression:
+            from .training.metrics import pearson
+
+            largest = max(abs(a - b) for a, b in zip(outputs, stock_outputs, strict=True))
+            agreement = (
+                f"scores of the same weights unpatched correlate at Pearson {pearson(outputs, stock_outputs):.2f} "
+                f"(largest difference {largest:.4g})"
+            )
+        else:
+            agree = sum(
+                int(max(range(len(p)), key=p.__getitem__) == s) for p, s in zip(outputs, stock_outputs, strict=True)
+            )
+            agreement = f"same weights unpatched agree on {agree} of {n} labels ({100 * agree / n:.2f}%)"
         power_total = sum(s.power_seconds for s in shards)
         stock_total = sum(s.stock_seconds for s in shards)
         print(
-            f"--compare: same weights unpatched agree on {agree} of {n} labels ({100 * agree / n:.2f}%); "
+            f"--compare: {agreement}; "
             f"measured speed-up {stock_total / power_total:.2f}x (forward time {stock_total:.2f} s unpatched, "
             f"{power_total:.2f} s PoWER-BERT, batches in alternating order)"
         )

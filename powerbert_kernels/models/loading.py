@@ -51,3 +51,13 @@ def from_pretrained(
             "apply_power_bert(model, retention)"
         )
     return apply_power_bert(model)
+
+
+def is_regression(config: Any) -> bool:
+    """Whether a sequence-classification config describes a regression head: one real-valued output.
+
+    Hugging Face's own rule: ``problem_type == "regression"``, or no problem type and ``num_labels == 1``
+    (its ``*ForSequenceClassification`` then trains with the MSE loss).
+    """
+    problem = getattr(config, "problem_type", None)
+    return problem == "regression" or (problem is None and getattr(config, "num_labels", 0) == 1)

@@ -22,6 +22,9 @@ _LAZY: dict[str, str] = {
     "all_metrics": ".metrics",
     "f1_score": ".metrics",
     "matthews_corrcoef": ".metrics",
+    "pearson": ".metrics",
+    "regression_metrics": ".metrics",
+    "spearman": ".metrics",
     "run_pipeline": ".pipeline",
     "select_run": ".pipeline",
     "validate_config": ".config",
@@ -31,7 +34,7 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:
     from .config import EvalConfig, TrainConfig, validate_config
-    from .metrics import accuracy, all_metrics, f1_score, matthews_corrcoef
+    from .metrics import accuracy, all_metrics, f1_score, matthews_corrcoef, pearson, regression_metrics, spearman
     from .pipeline import Pipeline, run_pipeline, select_run
     from .trainer import PowerBertTrainer, SoftExtractCallback, SoftExtractTrainer
     from .tune import TuneResult, tune_retention
@@ -61,8 +64,11 @@ __all__ = [
     "all_metrics",
     "f1_score",
     "matthews_corrcoef",
+    "pearson",
+    "regression_metrics",
     "run_pipeline",
     "select_run",
+    "spearman",
     "tune_retention",
     "validate_config",
 ]

@@ -1,4 +1,5 @@
-"""``powerbert eval``: score a saved PoWER-BERT classifier against the same weights unpatched."""
+"""``powerbert eval``: score a saved PoWER-BERT classifier (or regression model) against the same
+weights unpatched."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     from ..cli_args import check_max_positions, load_error
     from ..models import apply_power_bert, flop_ratio, keep_counts
+    from ..models.loading import is_regression
     from ..models.retention import CONFIG_KEY, validate_retention
     from .config import validate_config
     from .data import load_glue, load_local, tokenize
@@ -55,22 +57,27 @@ def evaluate(cfg: EvalConfig) -> dict:
             text_pair_column=cfg.text_pair_column,
             label_column=cfg.label_column,
             known_label2id=config.label2id,
+            regression=is_regression(config),
         )
-    if data.num_labels > config.num_labels:
+    regression = data.regression
+    if regression != is_regression(config):
+        raise ValueError(f"--glue-task: {cfg.glue_task} is a classification task but {cfg.model} is a regression model")
+    if not regression and data.num_labels > config.num_labels:
         raise ValueError(f"--eval-file: the data has {data.num_labels} labels but the model only {config.num_labels}")
-    metric = cfg.metric_name
+    metric = cfg.metric_for(regression)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     dataset = tokenize(data.eval, tokenizer, data, cfg.max_length)
     collator = DataCollatorWithPadding(tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     stock = AutoModelForSequenceClassification.from_pretrained(cfg.model).to(device)
-    stock_metrics = predict_metrics(stock, dataset, collator, cfg.batch_size, config.num_labels)
+    stock_metrics = predict_metrics(stock, dataset, collator, cfg.batch_size, config.num_labels, regression)
     power = apply_power_bert(AutoModelForSequenceClassification.from_pretrained(cfg.model), retention).to(device)
-    power_metrics = predict_metrics(power, dataset, collator, cfg.batch_size, config.num_labels)
+    power_metrics = predict_metrics(power, dataset, collator, cfg.batch_size, config.num_labels, regression)
     lengths = [len(ids) for ids in dataset["input_ids"]]
     result = {
         "model": cfg.model,
+        "task": "regression" if regression else "classification",
         "metric_name": metric,
         "power_metric": power_metrics[metric],
         "unpatched_metric": stock_metrics[metric],

@@ -1,11 +1,12 @@
-"""``powerbert tune``: choose a retention configuration for a fine-tuned classifier without retraining."""
+"""``powerbert tune``: choose a retention configuration for a fine-tuned classifier (or regression model)
+without retraining."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-HELP = "choose a PoWER-BERT configuration for a fine-tuned classifier without retraining (no weight changes)"
+HELP = "choose a PoWER-BERT configuration for a fine-tuned classifier or regression model without retraining"
 
 TUNE_FILE = "tune.json"
 PLOT_FILE = "tune.png"
@@ -25,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-labels",
         action="store_true",
-        help="score agreement with the unpatched model's predictions instead of labels "
-        "(the eval file needs no label column: unlabelled traffic suffices)",
+        help="score agreement with the unpatched model instead of labels: the percentage of rows given its "
+        "class, or for a regression model the Pearson correlation x100 with its scores (the eval file needs "
+        "no label column: unlabelled traffic suffices)",
     )
     goal = parser.add_argument_group("goal (one of)")
     goal.add_argument(
@@ -71,11 +73,18 @@ def _check_output_dir(path: str) -> None:
 
 def _load_rows(args: argparse.Namespace, config):
     """(texts, pairs, labels or None, metric name) from --eval-file or --glue-task."""
-    from .data import GLUE_TASKS, LABEL_ID, load_glue, load_local, read_table
+    from ..models.loading import is_regression
+    from .config import resolve_metric
+    from .data import LABEL_ID, load_glue, load_local, read_table
 
+    regression = is_regression(config)
+    metric = resolve_metric(args.metric, regression, args.glue_task)
     if args.glue_task is not None:
+        if regression:
+            raise ValueError(
+                f"--glue-task: {args.glue_task} is a classification task but {args.model} is a regression model"
+            )
         data = load_glue(args.glue_task, with_train=False)
-        metric = args.metric or str(GLUE_TASKS[args.glue_task]["metric"])
         rows, text, pair = data.eval, data.text_column, data.text_pair_column
     elif args.no_labels:
         rows, text, pair = read_table(args.eval_file, "--eval-file"), args.text_column, args.text_pair_column
@@ -84,7 +93,6 @@ def _load_rows(args: argparse.Namespace, config):
                 raise ValueError(
                     f"--eval-file: {args.eval_file} has no column {column!r} ({flag}); columns: {sorted(rows[0])}"
                 )
-        metric = args.metric or "accuracy"
     else:
         data = load_local(
             args.eval_file,
@@ -93,17 +101,22 @@ def _load_rows(args: argparse.Namespace, config):
             text_pair_column=args.text_pair_column,
             label_column=args.label_column,
             known_label2id=config.label2id,
+            regression=regression,
         )
-        if data.num_labels > config.num_labels:
+        if not regression and data.num_labels > config.num_labels:
             raise ValueError(
                 f"--eval-file: the data has {data.num_labels} labels but the model only {config.num_labels}"
             )
-        metric = args.metric or "accuracy"
         rows, text, pair = data.eval, data.text_column, data.text_pair_column
     texts = [str(r[text]) for r in rows]
     pairs = [str(r[pair]) for r in rows] if pair is not None else None
-    labels = None if args.no_labels else [int(r[LABEL_ID]) for r in rows]
-    if labels is not None and len(set(labels)) < 2:
+    labels = None if args.no_labels else [(float if regression else int)(r[LABEL_ID]) for r in rows]
+    if regression and labels is not None and len(set(labels)) < 2:
+        raise ValueError(
+            f"--eval-file: every row has the same label ({labels[0]:g}); a correlation needs at least two values "
+            "(or pass --no-labels to score agreement with the unpatched model)"
+        )
+    if not regression and labels is not None and len(set(labels)) < 2:
         raise ValueError(
             f"--eval-file: every row has the same label ({rows[0][LABEL_ID]}); the metric needs at least two "
             "classes (or pass --no-labels to score agreement with the unpatched model)"
@@ -120,6 +133,7 @@ def tune(args: argparse.Namespace) -> dict:
 
     from ..cli_args import resolve_device
     from ..models.architectures import registered_model_types
+    from ..models.loading import is_regression
     from ..models.retention import CONFIG_KEY
     from .plots import plot_tune
     from .tune import MIN_ROWS, tune_retention
@@ -157,8 +171,8 @@ def tune(args: argparse.Namespace) -> dict:
             f"--model: model type {config.model_type!r} cannot be patched; PoWER-BERT supports "
             f"{registered_model_types()}"
         )
-    if config.num_labels < 2 or getattr(config, "problem_type", None) == "regression":
-        raise ValueError(f"--model: {args.model} is a regression model; tune needs a classifier")
+    if config.num_labels < 2 and not is_regression(config):
+        raise ValueError(f"--model: {args.model} has a single label and is no regression model; nothing to tune")
     texts, pairs, labels, metric = _load_rows(args, config)
     if len(texts) < MIN_ROWS:
         raise ValueError(f"--eval-file: {len(texts)} rows; at least {MIN_ROWS} are needed to choose a configuration")

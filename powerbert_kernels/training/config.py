@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..cli_args import check_fields, option, retention_list
 from .data import GLUE_TASKS
-from .metrics import METRICS
+from .metrics import METRICS, REGRESSION_METRICS
 
 GROUPS = {
     "data": "data (local files, or a GLUE task from the hub)",
@@ -53,15 +53,21 @@ class TaskOptions:
     text_pair_column: str | None = field(
         default=None, metadata=option("second text column, for sentence-pair tasks", group="data")
     )
-    label_column: str = field(default="label", metadata=option("label column: ints or strings", group="data"))
+    label_column: str = field(
+        default="label",
+        metadata=option(
+            "label column: ints or strings (classes), or real numbers such as 3.8 (regression)", group="data"
+        ),
+    )
     max_length: int = field(default=64, metadata=option("tokens per sequence, N", group="data"))
     metric: str | None = field(
         default=None,
         metadata=option(
-            "the metric that decides (default: the GLUE task's, else accuracy); mcc = Matthews "
-            "correlation (CoLA), f1 = F1 of class 1 (macro F1 for more classes)",
+            "the metric that decides (default: the GLUE task's, else accuracy; pearson for regression); "
+            "mcc = Matthews correlation (CoLA), f1 = F1 of class 1 (macro F1 for more classes); pearson, "
+            "spearman: correlations with real-valued labels (regression, STS-B)",
             group="data",
-            choices=list(METRICS),
+            choices=[*METRICS, *REGRESSION_METRICS],
         ),
     )
     bench_repeats: int = field(
@@ -70,11 +76,16 @@ class TaskOptions:
 
     @property
     def metric_name(self) -> str:
-        if self.metric is not None:
-            return self.metric
-        if self.glue_task is not None:
-            return str(GLUE_TASKS[self.glue_task]["metric"])
-        return "accuracy"
+        """The metric of a classification task."""
+        return self.metric_for(regression=False)
+
+    def metric_for(self, regression: bool) -> str:
+        """The metric that decides, once the data (or the model) says whether the task is a regression.
+
+        Raises:
+            ValueError: ``--metric`` names a metric of the other kind of task.
+        """
+        return resolve_metric(self.metric, regression, self.glue_task)
 
 
 @dataclass(kw_only=True)
@@ -241,6 +252,28 @@ class EvalConfig(TaskOptions):
     output: str | None = field(default=None, metadata=option("also write the result as JSON to this file"))
 
 
+def resolve_metric(metric: str | None, regression: bool, glue_task: str | None = None, arg: str = "--metric") -> str:
+    """``--metric``, or the default for the task: the GLUE task's, else accuracy, or pearson for regression.
+
+    Raises:
+        ValueError: a classification metric for regression data, or the reverse, naming ``arg``.
+    """
+    if metric is None:
+        if regression:
+            return REGRESSION_METRICS[0]
+        return str(GLUE_TASKS[glue_task]["metric"]) if glue_task is not None else METRICS[0]
+    if regression and metric not in REGRESSION_METRICS:
+        raise ValueError(
+            f"{arg} {metric} scores classes, but the task is a regression (real-valued labels); "
+            f"use one of {list(REGRESSION_METRICS)}"
+        )
+    if not regression and metric not in METRICS:
+        raise ValueError(
+            f"{arg} {metric} scores real-valued labels, but the task is a classification; use one of {list(METRICS)}"
+        )
+    return metric
+
+
 def validate_config(cfg: TaskOptions) -> None:
     """Raise ``ValueError`` naming the option for anything wrong in a :class:`TrainConfig` or
     :class:`EvalConfig` that needs no file or model."""
@@ -264,8 +297,10 @@ def validate_config(cfg: TaskOptions) -> None:
         raise ValueError(
             f"--max-length must be an int >= 2 (the CLS token and at least one more), got {cfg.max_length!r}"
         )
-    if cfg.metric is not None and cfg.metric not in METRICS:
-        raise ValueError(f"--metric must be one of {list(METRICS)}, got {cfg.metric!r}")
+    if cfg.metric is not None and cfg.metric not in (*METRICS, *REGRESSION_METRICS):
+        raise ValueError(f"--metric must be one of {[*METRICS, *REGRESSION_METRICS]}, got {cfg.metric!r}")
+    if cfg.glue_task is not None and cfg.metric is not None:
+        resolve_metric(cfg.metric, False, cfg.glue_task)
     if train:
         _validate_train(cfg)
 

@@ -1,4 +1,4 @@
-"""Text-classification data for the three phases: local CSV/TSV/JSON files or GLUE from the hub.
+"""Text-classification and regression data for the three phases: local CSV/TSV/JSON files or GLUE.
 
 Everything here is checked before any training starts, and every error names the argument (or file)
 and what was expected: a missing column, an empty file, a label in the eval file that the training file
@@ -7,15 +7,24 @@ does not have, a label the fine-tuned model does not know.
 Labels may be strings or ints. Int-like labels (``0``, ``"1"``) are mapped in numeric order, anything
 else in sorted order; a fine-tuned model that already has a label mapping (``config.label2id`` with
 real names) keeps its own. The mapping is stored in the model's ``config.id2label``/``label2id``.
+
+Real-valued labels (``3.8``, ``"0.25"``, ``"5.000"``: a number written with a decimal point or an
+exponent) select a regression task, as STS-B is: one output trained with the mean squared error, scored
+with the Pearson and Spearman correlations. Every label of such a file must then be a number (whole
+numbers such as ``5`` are fine); a class name among them is an error naming the file and the line. A
+fine-tuned model decides for itself: a regression head (``problem_type="regression"``) reads every label
+as a number, a classifier reads them as classes.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..tables import read_table
+from ..tables import read_table as read_table  # re-exported for the readers of task files
+from ..tables import read_table_lines
 
 LABEL_ID = "labels"
 """Column of the tokenized datasets holding the label id (the name ``Trainer`` passes to the model)."""
@@ -34,20 +43,22 @@ GLUE_TASKS: dict[str, dict[str, object]] = {
 GLUE_HUB_ID = "nyu-mll/glue"
 
 _INT_LABEL = re.compile(r"^[+-]?\d+$")
+_REAL_LABEL = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+(?=[eE]))([eE][+-]?\d+)?$")
 _DEFAULT_LABEL_NAME = re.compile(r"^LABEL_\d+$")
 
 
 @dataclass
 class TextClassificationData:
-    """Raw rows of a classification task, with the label mapping fixed.
+    """Raw rows of a classification or regression task, with the label mapping fixed.
 
     Attributes:
         train: training rows (``None`` when only evaluating), each a dict with the text column(s) and
-            the label id under :data:`LABEL_ID`.
+            the label id (the real-valued label, for regression) under :data:`LABEL_ID`.
         eval: evaluation rows, same layout.
         text_column, text_pair_column: the text column(s) (the second one for sentence pairs).
-        id2label: label id -> label name, ids 0..K-1.
+        id2label: label id -> label name, ids 0..K-1 (empty for regression).
         source: where the data came from, for the report.
+        regression: real-valued labels: one output, MSE loss, Pearson/Spearman.
     """
 
     train: list[dict] | None
@@ -56,6 +67,7 @@ class TextClassificationData:
     text_pair_column: str | None
     id2label: dict[int, str]
     source: dict[str, object] = field(default_factory=dict)
+    regression: bool = False
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -63,21 +75,24 @@ class TextClassificationData:
 
     @property
     def num_labels(self) -> int:
-        return len(self.id2label)
+        """Outputs of the model: the number of classes, 1 for regression."""
+        return 1 if self.regression else len(self.id2label)
 
 
-def _check_columns(rows: list[dict], columns: Sequence[str], arg: str, path: str, flags: Mapping[str, str]) -> None:
+def _check_columns(
+    rows: list[dict], lines: Sequence[int], columns: Sequence[str], arg: str, path: str, flags: Mapping[str, str]
+) -> None:
     available = list(rows[0].keys())
     for column in columns:
-        for i, row in enumerate(rows):
+        for i, (row, line) in enumerate(zip(rows, lines, strict=True)):
             if column not in row:
-                where = "" if i == 0 else f" (row {i + 1})"
+                where = "" if i == 0 else f" (line {line})"
                 raise ValueError(
                     f"{arg}: {path} has no column {column!r}{where} (named by {flags[column]}); "
                     f"available columns: {', '.join(map(str, available))}"
                 )
             if row[column] is None:
-                raise ValueError(f"{arg}: {path} row {i + 1} has an empty {column!r} ({flags[column]})")
+                raise ValueError(f"{arg}: {path} line {line} has an empty {column!r} ({flags[column]})")
 
 
 def _normalise_label(value: object) -> object:
@@ -90,6 +105,64 @@ def _normalise_label(value: object) -> object:
         stripped = value.strip()
         return int(stripped) if _INT_LABEL.match(stripped) else stripped
     return value
+
+
+def _as_number(value: object) -> float | None:
+    """The label as a number, or ``None`` when it is a class name."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _is_real_valued(value: object) -> bool:
+    # A number written with a decimal point or an exponent: "3.8", "5.000", "1e-1" in text, 5.0 in JSON
+    # (which keeps 5 and 5.0 apart). Whole numbers ("1", 1) stay class ids, and names that Python would
+    # parse as floats ("nan", "inf") stay names.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and _REAL_LABEL.match(value.strip()) is not None
+
+
+def has_real_valued_labels(labels: Sequence[object]) -> bool:
+    """Whether any label is real-valued (see the module docstring): the rows are then a regression task."""
+    return any(_is_real_valued(v) for v in labels)
+
+
+def regression_labels(
+    labels: Sequence[object], lines: Sequence[int], arg: str, path: str, reason: str = "the task is a regression"
+) -> list[float]:
+    """The labels of a regression file as floats.
+
+    Args:
+        labels, lines: the label of every row and the line it is on.
+        arg, path: the option that named the file, and the file, for messages.
+        reason: why these rows are read as a regression, when the file itself does not show it.
+
+    Raises:
+        ValueError: a label that is not a finite number, naming ``arg``, the file and the line (and the
+            line of a real-valued label, when the file mixes them with class names).
+    """
+    out = []
+    for value, line in zip(labels, lines, strict=True):
+        number = _as_number(value)
+        if number is None:
+            real = next(((v, n) for v, n in zip(labels, lines, strict=True) if _is_real_valued(v)), None)
+            why = f"the label column mixes numbers (line {real[1]}: {real[0]!r}) and class names" if real else reason
+            raise ValueError(
+                f"{arg}: {path} line {line}: label {value!r} is not a number; {why}. A regression task needs a "
+                "number in every row, a classification task class names or integer ids only"
+            )
+        if not math.isfinite(number):
+            raise ValueError(f"{arg}: {path} line {line}: label {value!r} is not a finite number")
+        out.append(number)
+    return out
 
 
 def _label_sort_key(value: object) -> tuple:
@@ -146,6 +219,19 @@ def _encode_rows(
     return out
 
 
+def _regression_rows(
+    rows: list[dict], lines: Sequence[int], text: str, pair: str | None, label: str, arg: str, path: str, reason: str
+) -> list[dict]:
+    values = regression_labels([r[label] for r in rows], lines, arg, path, reason)
+    out = []
+    for row, value in zip(rows, values, strict=True):
+        item = {text: str(row[text]), LABEL_ID: value}
+        if pair is not None:
+            item[pair] = str(row[pair])
+        out.append(item)
+    return out
+
+
 def load_local(
     eval_file: str,
     train_file: str | None = None,
@@ -154,6 +240,7 @@ def load_local(
     text_pair_column: str | None = None,
     label_column: str = "label",
     known_label2id: Mapping[str, int] | None = None,
+    regression: bool | None = None,
 ) -> TextClassificationData:
     """Read a task from local files (see :func:`read_table` for the formats).
 
@@ -163,18 +250,60 @@ def load_local(
             ``known_label2id`` or the eval file).
         text_column, text_pair_column, label_column: column names.
         known_label2id: the model's own label mapping, if it has real names.
+        regression: ``None``: real-valued labels in the training file (the eval file without one)
+            select regression; ``True``/``False``: the model decides (a regression head, a classifier).
     """
     flags = {text_column: "--text-column", label_column: "--label-column"}
     columns = [text_column, label_column]
     if text_pair_column is not None:
         flags[text_pair_column] = "--text-pair-column"
         columns.insert(1, text_pair_column)
-    train_rows = None
+    train_rows = train_lines = None
     if train_file is not None:
-        train_rows = read_table(train_file, "--train-file")
-        _check_columns(train_rows, columns, "--train-file", train_file, flags)
-    eval_rows = read_table(eval_file, "--eval-file")
-    _check_columns(eval_rows, columns, "--eval-file", eval_file, flags)
+        train_table = read_table_lines(train_file, "--train-file")
+        train_rows, train_lines = train_table.rows, train_table.lines
+        _check_columns(train_rows, train_lines, columns, "--train-file", train_file, flags)
+    eval_table = read_table_lines(eval_file, "--eval-file")
+    eval_rows, eval_lines = eval_table.rows, eval_table.lines
+    _check_columns(eval_rows, eval_lines, columns, "--eval-file", eval_file, flags)
+    source = {
+        "train_file": train_file,
+        "eval_file": eval_file,
+        "text_column": text_column,
+        "text_pair_column": text_pair_column,
+        "label_column": label_column,
+    }
+    decided_by = train_rows if train_rows is not None else eval_rows
+    real = has_real_valued_labels([r[label_column] for r in decided_by])
+    if regression is None:
+        regression = real
+    elif not regression and real:
+        arg, path = ("--train-file", train_file) if train_rows is not None else ("--eval-file", eval_file)
+        raise ValueError(
+            f"{arg}: {path} holds real-valued labels (a regression task) but the model is a classifier "
+            f"with {len(known_label2id or {})} labels"
+        )
+    if regression:
+        if not real:
+            reason = "the model is a regression model"
+        elif train_rows is not None:
+            reason = f"the training labels ({train_file}) are real-valued: a regression task"
+        else:
+            reason = "the task is a regression"
+        train = None
+        if train_rows is not None:
+            train = _regression_rows(
+                train_rows, train_lines, text_column, text_pair_column, label_column, "--train-file", train_file, reason
+            )
+        evaluation = _regression_rows(
+            eval_rows, eval_lines, text_column, text_pair_column, label_column, "--eval-file", eval_file, reason
+        )
+        return TextClassificationData(train, evaluation, text_column, text_pair_column, {}, source, regression=True)
+    if has_real_valued_labels([r[label_column] for r in eval_rows]):
+        raise ValueError(
+            f"--eval-file: {eval_file} holds real-valued labels (a regression task) but the "
+            f"{'training labels are' if train_rows is not None else 'model is'} classes"
+        )
     if train_rows is not None:
         id2label = build_label_mapping([r[label_column] for r in train_rows], known_label2id)
     elif known_label2id and has_named_labels(known_label2id):
@@ -198,13 +327,6 @@ def load_local(
     evaluation = _encode_rows(
         eval_rows, text_column, text_pair_column, label_column, label2id, "--eval-file", eval_file
     )
-    source = {
-        "train_file": train_file,
-        "eval_file": eval_file,
-        "text_column": text_column,
-        "text_pair_column": text_pair_column,
-        "label_column": label_column,
-    }
     return TextClassificationData(train, evaluation, text_column, text_pair_column, id2label, source)
 
 
@@ -212,7 +334,8 @@ def load_glue(task: str, *, with_train: bool = True) -> TextClassificationData:
     """A GLUE classification task from the ``datasets`` hub (needs network access the first time).
 
     Args:
-        task: one of :data:`GLUE_TASKS` (STS-B is regression and not supported).
+        task: one of :data:`GLUE_TASKS` (STS-B is not among them: train it from local files, whose
+            real-valued labels select regression).
         with_train: also load the training split.
     """
     if task not in GLUE_TASKS:
@@ -266,6 +389,9 @@ def tokenize(rows: list[dict], tokenizer, data: TextClassificationData, max_leng
     if data.text_pair_column is not None:
         columns[data.text_pair_column] = [r[data.text_pair_column] for r in rows]
     ds = datasets.Dataset.from_dict(columns)
+    if data.regression:
+        # float32 labels: the model's MSE loss compares them with float32 scores.
+        ds = ds.cast_column(LABEL_ID, datasets.Value("float32"))
 
     def encode(batch):
         pair = batch[data.text_pair_column] if data.text_pair_column is not None else None

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..models import apply_power_bert, model_flops
-from .metrics import all_metrics
+from .metrics import all_metrics, regression_metrics
 
 
 def padded_batch(tokenizer, dataset, batch_size: int, max_length: int) -> dict[str, torch.Tensor]:
@@ -63,8 +63,11 @@ def measure_speed(model_path: str, inputs: dict[str, torch.Tensor], repeats: int
 
 
 @torch.inference_mode()
-def predict_metrics(model: nn.Module, dataset, collator, batch_size: int, num_labels: int) -> dict[str, float]:
-    """All metrics (points) of ``model`` on a tokenized dataset with ``labels``, batched in order."""
+def predict_metrics(
+    model: nn.Module, dataset, collator, batch_size: int, num_labels: int, regression: bool = False
+) -> dict[str, float]:
+    """All metrics (points) of ``model`` on a tokenized dataset with ``labels``, batched in order:
+    accuracy/MCC/F1 of the predicted classes, or with ``regression`` Pearson/Spearman of the scores."""
     device = next(model.parameters()).device
     model.eval()
     predictions, labels = [], []
@@ -72,5 +75,8 @@ def predict_metrics(model: nn.Module, dataset, collator, batch_size: int, num_la
         batch = collator([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
         labels.append(batch.pop("labels"))
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        predictions.append(logits.argmax(dim=-1).cpu())
-    return all_metrics(torch.cat(predictions).numpy(), torch.cat(labels).numpy(), num_labels)
+        predictions.append(logits[:, 0].float().cpu() if regression else logits.argmax(dim=-1).cpu())
+    predicted, truth = torch.cat(predictions).numpy(), torch.cat(labels).numpy()
+    if regression:
+        return regression_metrics(predicted, truth)
+    return all_metrics(predicted, truth, num_labels)

@@ -1,6 +1,8 @@
-"""Classification metrics, in points (x100, as GLUE reports them): accuracy, Matthews correlation, F1.
+"""Metrics in points (x100, as GLUE reports them): accuracy, Matthews correlation and F1 for
+classification, Pearson and Spearman correlation for regression (STS-B).
 
-Small and dependency-free (no scikit-learn). All take integer predictions and labels of the same length.
+Small and dependency-free (no scikit-learn, no SciPy). The classification metrics take integer
+predictions and labels of the same length, the regression ones real-valued scores.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import numpy as np
 METRICS = ("accuracy", "mcc", "f1")
 """Names accepted by ``--metric``: ``mcc`` is the Matthews correlation (CoLA), ``f1`` the F1 score of
 class 1 for two classes and the macro average over classes otherwise (MRPC/QQP report the former)."""
+
+REGRESSION_METRICS = ("pearson", "spearman")
+"""Names accepted by ``--metric`` for regression tasks (real-valued labels): the Pearson correlation
+of the scores with the labels, and the Spearman correlation (Pearson of their ranks)."""
 
 
 def _arrays(predictions: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[np.ndarray, ...]:
@@ -74,13 +80,63 @@ def all_metrics(predictions, labels, num_classes: int | None = None) -> dict[str
     }
 
 
-def compute_metrics_fn(num_classes: int) -> Callable[[object], dict[str, float]]:
-    """A ``Trainer(compute_metrics=...)`` callable: logits (B, K) and label ids (B,) -> all metrics."""
+def _scores(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if p.shape != y.shape:
+        raise ValueError(f"predictions and labels must have the same length, got {p.size} and {y.size}")
+    if p.size == 0:
+        raise ValueError("predictions and labels are empty: nothing to score")
+    if not (np.isfinite(p).all() and np.isfinite(y).all()):
+        raise ValueError("predictions and labels must be finite numbers")
+    return p, y
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    # Centred in float64 first: the textbook one-pass form loses every digit on scores with a large
+    # common offset. 0 when either side is constant (undefined otherwise), as for the MCC.
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = np.sqrt((xc @ xc) * (yc @ yc))
+    return 0.0 if denom == 0 else float(np.clip((xc @ yc) / denom, -1.0, 1.0) * 100.0)
+
+
+def ranks(values) -> np.ndarray:
+    """(n,) float64 ranks 1..n of ``values`` (n,); tied values share the mean of their ranks."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    order = np.argsort(x, kind="stable")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    out = np.empty(x.size, dtype=np.float64)
+    out[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return out
+
+
+def pearson(predictions, labels) -> float:
+    """Pearson correlation x100 of real-valued predictions (n,) with labels (n,); 0 when either is constant."""
+    p, y = _scores(predictions, labels)
+    return _correlation(p, y)
+
+
+def spearman(predictions, labels) -> float:
+    """Spearman rank correlation x100: Pearson of the ranks (ties averaged); 0 when either is constant."""
+    p, y = _scores(predictions, labels)
+    return _correlation(ranks(p), ranks(y))
+
+
+def regression_metrics(predictions, labels) -> dict[str, float]:
+    """``{"pearson", "spearman"}``, each x100, of scores (n,) against labels (n,)."""
+    return {"pearson": pearson(predictions, labels), "spearman": spearman(predictions, labels)}
+
+
+def compute_metrics_fn(num_classes: int, regression: bool = False) -> Callable[[object], dict[str, float]]:
+    """A ``Trainer(compute_metrics=...)`` callable: logits (B, K) and label ids (B,) -> all metrics;
+    with ``regression``, scores (B, 1) and real labels (B,) -> Pearson and Spearman."""
 
     def compute(eval_prediction) -> dict[str, float]:
         logits, labels = eval_prediction.predictions, eval_prediction.label_ids
         if isinstance(logits, tuple):
             logits = logits[0]
+        if regression:
+            return regression_metrics(np.asarray(logits)[..., 0], labels)
         return all_metrics(np.asarray(logits).argmax(axis=-1), labels, num_classes)
 
     return compute

@@ -31,7 +31,7 @@ from dataclasses import asdict
 
 from .config import TrainConfig, validate_config
 from .data import TextClassificationData, has_named_labels, load_glue, load_local, tokenize
-from .metrics import METRICS
+from .metrics import METRICS, REGRESSION_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class Pipeline:
         from transformers.utils import logging as hf_logging
 
         from ..models.architectures import registered_model_types
+        from ..models.loading import is_regression
         from ..models.retention import CONFIG_KEY, validate_retention
 
         cfg = self.cfg
@@ -147,7 +148,8 @@ class Pipeline:
         if cfg.max_length > max_positions:
             raise ValueError(f"--max-length {cfg.max_length} exceeds the model's maximum positions ({max_positions})")
         self.model_config = model_config
-        known = model_config.label2id if (cfg.from_finetuned or cfg.from_searched) else None
+        given = cfg.from_finetuned or cfg.from_searched
+        known = model_config.label2id if given else None
         if cfg.glue_task is not None:
             data = load_glue(cfg.glue_task)
         else:
@@ -158,13 +160,21 @@ class Pipeline:
                 text_pair_column=cfg.text_pair_column,
                 label_column=cfg.label_column,
                 known_label2id=known,
+                # A fine-tuned model decides whether the labels are classes or real values.
+                regression=is_regression(model_config) if given else None,
             )
-        if (cfg.from_finetuned or cfg.from_searched) and model_config.num_labels != data.num_labels:
+        if given and is_regression(model_config) != data.regression:
+            raise ValueError(
+                f"--model: {cfg.model} is a {'regression model' if is_regression(model_config) else 'classifier'} "
+                f"but the data is a {'regression' if data.regression else 'classification'} task"
+            )
+        self.metric_name = cfg.metric_for(data.regression)
+        if given and not data.regression and model_config.num_labels != data.num_labels:
             raise ValueError(
                 f"--model: the fine-tuned model has {model_config.num_labels} labels but the data has "
                 f"{data.num_labels} ({list(data.id2label.values())})"
             )
-        if (cfg.from_finetuned or cfg.from_searched) and not has_named_labels(model_config.label2id):
+        if given and not data.regression and not has_named_labels(model_config.label2id):
             logger.warning("--model has no label names; assuming its label ids are the data's %s", dict(data.id2label))
         self.data: TextClassificationData = data
         self.retention = None
@@ -235,7 +245,7 @@ class Pipeline:
             eval_dataset=self.eval_ds,
             data_collator=self.collator,
             processing_class=self.tokenizer,
-            compute_metrics=compute_metrics_fn(self.data.num_labels),
+            compute_metrics=compute_metrics_fn(self.data.num_labels, self.data.regression),
             **extra,
         )
 
@@ -262,20 +272,21 @@ class Pipeline:
         from transformers import AutoModelForSequenceClassification, set_seed
 
         set_seed(self.cfg.seed)
+        # Regression: one output, which HF's heads train with the MSE loss under problem_type="regression".
+        labels = {} if self.data.regression else {"id2label": dict(self.data.id2label), "label2id": self.data.label2id}
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
             num_labels=self.data.num_labels,
-            id2label=dict(self.data.id2label),
-            label2id=self.data.label2id,
+            **labels,
             # Phase 1 starts a new task: a classifier head of another size in the checkpoint is replaced.
             ignore_mismatched_sizes=new_head,
         )
-        model.config.problem_type = "single_label_classification"
+        model.config.problem_type = "regression" if self.data.regression else "single_label_classification"
         return model
 
-    @staticmethod
-    def _metrics(eval_output: dict) -> dict[str, float]:
-        return {name: float(eval_output[f"eval_{name}"]) for name in METRICS}
+    def _metrics(self, eval_output: dict) -> dict[str, float]:
+        names = REGRESSION_METRICS if self.data.regression else METRICS
+        return {name: float(eval_output[f"eval_{name}"]) for name in names}
 
     def _evaluate(self, model, folder: str) -> dict[str, float]:
         from .trainer import PowerBertTrainer
@@ -483,7 +494,7 @@ class Pipeline:
                 "retention": retrain["retention"],
                 "kept_per_layer": retrain["kept_per_layer"],
                 "metrics": retrain["metrics"],
-                "power_metric": retrain["metrics"][cfg.metric_name],
+                "power_metric": retrain["metrics"][self.metric_name],
                 "flop_ratio": retrain["flop_ratio"],
                 "flop_ratio_eval_set": retrain["flop_ratio_eval_set"],
                 "model_path": retrain["model_path"],
@@ -509,7 +520,7 @@ class Pipeline:
                     run["flop_ratio"],
                 )
             runs.append(run)
-        chosen = select_run(runs, baseline["metrics"][cfg.metric_name], cfg.metric_name, cfg.max_drop)
+        chosen = select_run(runs, baseline["metrics"][self.metric_name], self.metric_name, cfg.max_drop)
         report = self._report(baseline, runs, chosen, time.perf_counter() - total_start)
         if _is_main():
             self._save_final(chosen)
@@ -531,7 +542,7 @@ class Pipeline:
 
     def _report(self, baseline: dict, runs: list[dict], chosen: dict, seconds: float) -> dict:
         cfg = self.cfg
-        name = cfg.metric_name
+        name = self.metric_name
         keys = (
             "retention",
             "kept_per_layer",
@@ -550,6 +561,7 @@ class Pipeline:
         config = {k: v for k, v in asdict(cfg).items() if k != "progress"}
         config["lambdas"] = list(cfg.lambdas)
         return {
+            "task": "regression" if self.data.regression else "classification",
             "metric_name": name,
             "baseline_metric": baseline["metrics"][name],
             **{k: chosen.get(k) for k in keys},

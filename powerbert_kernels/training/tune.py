@@ -1,9 +1,12 @@
 """Choosing a retention configuration without retraining: a greedy search over per-layer counts.
 
-:func:`tune_retention` scores a fine-tuned classifier patched at candidate configurations on the rows it
-is given; no weight changes (the search works on a copy, the caller's model is left as it was). It
-needs no training data, and with ``labels=None`` no labels either: the metric is then the agreement with
-the unpatched model's predictions, so a sample of unlabelled traffic suffices.
+:func:`tune_retention` scores a fine-tuned classifier (or regression model) patched at candidate
+configurations on the rows it is given; no weight changes (the search works on a copy, the caller's
+model is left as it was). It needs no training data, and with ``labels=None`` no labels either: the
+metric is then the agreement with the unpatched model, so a sample of unlabelled traffic suffices. For a
+classifier the agreement is the percentage of rows given the unpatched model's class; for a regression
+model (one real-valued output, STS-B) it is the Pearson correlation x100 of the patched model's scores
+with the unpatched model's, so a drop of one point allows scores that correlate at 0.99.
 
 What the search explores, and what it costs:
 
@@ -41,13 +44,16 @@ import torch
 from torch import nn
 
 from ..models import apply_power_bert, keep_counts, model_flops
+from ..models.loading import is_regression
+from .config import resolve_metric
 from .measure import eval_set_flop_ratio
-from .metrics import METRICS, all_metrics
+from .metrics import METRICS, REGRESSION_METRICS, all_metrics, pearson, regression_metrics
 
 logger = logging.getLogger(__name__)
 
 AGREEMENT = "agreement"
-"""The metric without labels: percentage of rows where the patched model predicts what the unpatched does."""
+"""The metric without labels: percentage of rows where the patched model predicts the unpatched model's
+class, or for a regression model the Pearson correlation x100 of the two models' scores."""
 MIN_ROWS = 20
 GRID_FACTOR = 0.75
 
@@ -58,7 +64,8 @@ class TuneResult:
 
     Attributes:
         retention: the chosen configuration, one count per layer (non-increasing).
-        metric_name: ``accuracy``/``mcc``/``f1``, or ``agreement`` without labels (points).
+        metric_name: ``accuracy``/``mcc``/``f1`` (``pearson``/``spearman`` for a regression model), or
+            ``agreement`` without labels (points).
         search_metric, holdout_metric: the chosen configuration's metric on the search rows and on the
             held-out rows (``None`` without held-out rows).
         reference_search, reference_holdout: the unpatched model's metric on the same rows.
@@ -139,10 +146,13 @@ class _Batches:
             self.batches.append({k: v.to(device) for k, v in padded.items()})
 
     @torch.inference_mode()
-    def predict(self, model: nn.Module) -> np.ndarray:
-        """(rows,) int64 predicted class per row, in the rows' own order."""
-        out = np.empty(len(self.order), dtype=np.int64)
-        predictions = [model(**batch).logits.argmax(dim=-1).cpu() for batch in self.batches]
+    def predict(self, model: nn.Module, regression: bool = False) -> np.ndarray:
+        """(rows,) int64 predicted class per row, or float64 score with ``regression``, in the rows' own order."""
+        out = np.empty(len(self.order), dtype=np.float64 if regression else np.int64)
+        if regression:
+            predictions = [model(**batch).logits[:, 0].double().cpu() for batch in self.batches]
+        else:
+            predictions = [model(**batch).logits.argmax(dim=-1).cpu() for batch in self.batches]
         out[self.order] = torch.cat(predictions).numpy()
         return out
 
@@ -166,15 +176,27 @@ def _check_arguments(
             "model: expected a fine-tuned sequence classifier (a *ForSequenceClassification), "
             f"got {type(model).__name__}"
         )
-    if getattr(model.config, "num_labels", 0) < 2 or getattr(model.config, "problem_type", None) == "regression":
-        raise ValueError("model: a classifier with at least two labels is needed (regression models are not tuned)")
+    regression = is_regression(model.config)
+    if not regression and getattr(model.config, "num_labels", 0) < 2:
+        raise ValueError("model: a classifier with at least two labels, or a regression model, is needed")
     if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
         raise TypeError(f"texts: expected a sequence of strings, got {type(texts).__name__}")
     if len(texts) < MIN_ROWS:
         raise ValueError(f"texts: need at least {MIN_ROWS} rows to choose a configuration, got {len(texts)}")
     if pairs is not None and len(pairs) != len(texts):
         raise ValueError(f"text_pairs: expected one per text ({len(texts)}), got {len(pairs)}")
-    if labels is not None:
+    if labels is not None and regression:
+        if len(labels) != len(texts):
+            raise ValueError(f"labels: expected one per text ({len(texts)}), got {len(labels)}")
+        scores = np.asarray(labels, dtype=np.float64)
+        if not np.isfinite(scores).all():
+            raise ValueError("labels: a regression model's labels must be finite numbers")
+        if np.unique(scores).size < 2:
+            raise ValueError(
+                f"labels: every row has the same value ({scores[0]:g}); a correlation needs at least two "
+                "(pass labels=None to score agreement with the unpatched model instead)"
+            )
+    elif labels is not None:
         if len(labels) != len(texts):
             raise ValueError(f"labels: expected one per text ({len(texts)}), got {len(labels)}")
         values = set(int(v) for v in labels)
@@ -212,12 +234,12 @@ def tune_retention(
     model: nn.Module,
     tokenizer,
     texts: Sequence[str],
-    labels: Sequence[int] | None = None,
+    labels: Sequence[int] | Sequence[float] | None = None,
     *,
     text_pairs: Sequence[str] | None = None,
     max_drop: float = 1.0,
     target_speedup: float | None = None,
-    metric: str = "accuracy",
+    metric: str | None = None,
     max_length: int = 64,
     batch_size: int = 64,
     holdout: float = 0.5,
@@ -235,11 +257,13 @@ def tune_retention(
         model: a fine-tuned ``*ForSequenceClassification`` (unpatched), on the device to score on.
         tokenizer: its tokenizer.
         texts: the rows (at least 20); ``text_pairs``: their second texts, for sentence-pair tasks.
-        labels: (rows,) label ids, or ``None`` to score agreement with the unpatched model's predictions.
+        labels: (rows,) label ids (real-valued labels for a regression model), or ``None`` to score the
+            agreement with the unpatched model (see :data:`AGREEMENT`).
         max_drop: allowed loss in points against the unpatched model on the search rows.
         target_speedup: instead: the most accurate configuration on the greedy path whose measured
             speed-up reaches this (> 1); raises ``ValueError`` naming the best reached if none does.
-        metric: ``accuracy``, ``mcc`` or ``f1`` (with labels).
+        metric: ``accuracy``, ``mcc`` or ``f1`` (with labels; default accuracy), ``pearson`` or
+            ``spearman`` for a regression model (default pearson).
         max_length: N, tokens per row (longer rows are truncated); the FLOP ratio is counted at it.
         batch_size: rows per evaluation batch, and the batch of the FLOP ratio and of the timing.
         holdout: fraction of the rows kept out of the search to check the chosen configuration on.
@@ -266,8 +290,9 @@ def tune_retention(
         bench_repeats,
         measure_speed,
     )
-    if labels is not None and metric not in METRICS:
-        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    if metric is not None and metric not in (*METRICS, *REGRESSION_METRICS):
+        raise ValueError(f"metric must be one of {[*METRICS, *REGRESSION_METRICS]}, got {metric!r}")
+    metric = resolve_metric(metric, is_regression(model.config), arg="metric")
     was_training = model.training
     try:
         return _tune(
@@ -318,6 +343,7 @@ def _tune(
     adapter_for(model)  # refuses an architecture that cannot be patched before any work
     device = next(model.parameters()).device
     num_classes = model.config.num_labels
+    regression = is_regression(model.config)
     metric_name = metric if labels is not None else AGREEMENT
     indices = list(range(len(texts)))
     random.Random(seed).shuffle(indices)
@@ -333,17 +359,22 @@ def _tune(
         if rows
     }
     work = copy.deepcopy(model).eval()
-    stock_predictions = {name: b.predict(work) for name, b in batches.items()}
+    stock_predictions = {name: b.predict(work, regression) for name, b in batches.items()}
+    label_type = np.float64 if regression else np.int64
     truth = {
         name: (
-            np.asarray(subset(labels, parts[name]), dtype=np.int64) if labels is not None else stock_predictions[name]
+            np.asarray(subset(labels, parts[name]), dtype=label_type) if labels is not None else stock_predictions[name]
         )
         for name in batches
     }
 
     def score(name: str, predictions: np.ndarray) -> float:
         if labels is None:
+            if regression:
+                return pearson(predictions, truth[name])
             return float((predictions == truth[name]).mean() * 100.0)
+        if regression:
+            return regression_metrics(predictions, truth[name])[metric]
         return all_metrics(predictions, truth[name], num_classes)[metric]
 
     reference = {name: score(name, p) for name, p in stock_predictions.items()}
@@ -379,7 +410,7 @@ def _tune(
                 value = reference["search"]
             else:
                 apply_power_bert(work, list(config))
-                value = score("search", batches["search"].predict(work))
+                value = score("search", batches["search"].predict(work, regression))
             tried[config] = {
                 "retention": list(config),
                 "metric": value,
@@ -486,7 +517,7 @@ def _tune(
             holdout_metric = reference["holdout"]
         else:
             apply_power_bert(work, list(chosen))
-            holdout_metric = score("holdout", batches["holdout"].predict(work))
+            holdout_metric = score("holdout", batches["holdout"].predict(work, regression))
     all_lengths = [0] * len(texts)
     for name, rows in parts.items():
         if name in batches:
