@@ -135,11 +135,13 @@ def trained(task, tmp_path_factory):
         "--lr",
         "1e-3",
         "--epochs",
+        "8",
+        "--search-epochs",
         "3",
         "--retrain-epochs",
-        "1",
+        "3",
         "--lambda",
-        "1e-3",
+        "3e-4",
         "--seed",
         "0",
         "--no-progress",
@@ -162,9 +164,11 @@ def test_train_fits_a_regression_head(trained):
     assert report["task"] == "regression" and report["metric_name"] == "pearson"
     assert set(report["metrics"]) == {"pearson", "spearman"} and report["labels"] == {}
     assert report["baseline_metric"] >= 90.0  # the scores are learnt
-    assert report["power_metric"] >= report["baseline_metric"] - 5.0
+    # Counting the markers needs only them and the CLS vector: the search drops most of the rest.
+    assert report["power_metric"] >= report["baseline_metric"] - 2.0
+    assert report["flop_ratio"] >= 2.0 and report["search_settled"] is True
     retention = report["retention"]
-    assert retention == sorted(retention, reverse=True) and retention[0] < 32
+    assert retention == sorted(retention, reverse=True) and retention[0] <= 12
     config = AutoConfig.from_pretrained(trained["out"])
     assert config.num_labels == 1 and config.problem_type == "regression"
     assert config.power_bert_retention == retention
