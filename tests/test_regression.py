@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 from test_training import FILLERS, MARKERS, cli_error, synthetic_task, write_tsv
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from powerbert_kernels import tune_retention
 from powerbert_kernels.cli import main
-from powerbert_kernels.training.data import load_local
+from powerbert_kernels.training.data import load_local, read_table
 from powerbert_kernels.training.metrics import pearson, ranks, regression_metrics, spearman
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -220,3 +221,19 @@ def test_predict_writes_scores(trained, tmp_path, capsys):
     got = pearson([r["score"] for r in records], labels)
     assert got == pytest.approx(trained["report"]["power_metric"], abs=1e-2)
     assert "scores of the same weights unpatched correlate at Pearson" in printed
+
+
+def test_tune_retention_takes_real_labels(trained):
+    path = trained["out"] / "finetune"
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    rows = read_table(trained["dev"])
+    texts, labels = [r["sentence"] for r in rows], [float(r["label"]) for r in rows]
+    quick = dict(max_length=32, measure_speed=False, progress=False, max_evals=8)
+    with pytest.raises(ValueError, match="metric accuracy scores classes, but the task is a regression"):
+        tune_retention(model, tokenizer, texts, labels, metric="accuracy", **quick)
+    with pytest.raises(ValueError, match="labels: every row has the same value"):
+        tune_retention(model, tokenizer, texts, [2.5] * len(texts), **quick)
+    result = tune_retention(model, tokenizer, texts, labels, metric="spearman", **quick)
+    assert result.metric_name == "spearman" and result.reference_search >= 90.0
+    assert result.evaluations <= 8 and result.search_metric >= result.reference_search - 1.0
