@@ -15,7 +15,9 @@ for spec in albert-base:12 distilbert:6 modernbert-base:22; do
     layers=${spec##*:}
     full=$("$python" -c "print(','.join(['1.0'] * $layers))")
     for run in paper full; do
-        out="$results/bench_${config}_b16_n128$([ "$run" = full ] && echo _full).json"
+        suffix=""
+        if [ "$run" = full ]; then suffix=_full; fi
+        out="$results/bench_${config}_b16_n128$suffix.json"
         extra=()
         if [ "$run" = full ]; then extra=(--retention "$full"); fi
         "$python" -m powerbert_kernels.cli bench --config "$config" --batch 16 --seq-len 128 --device cpu \
