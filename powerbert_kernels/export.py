@@ -72,9 +72,9 @@ def _check_exportable(model: nn.Module, *, require_patched: bool) -> None:
         retention = [e.retention for e in extracts]
         if any(isinstance(r, float) for r in retention):
             raise ExportError(
-                f"model: retention {retention} is fractions of the padded length, which do not export (the "
-                "count of each layer is rounded from the length); re-patch with counts, e.g. "
-                "powerbert_kernels.models.keep_counts(retention, N) for a typical padded length N"
+                f"model: retention {retention} is fractions of each row's length, which do not export (each "
+                "row's count is rounded from its length); re-patch with counts, e.g. "
+                "powerbert_kernels.models.keep_counts(retention, N) for a typical length N"
             )
     if type(model).__name__.endswith("ForMultipleChoice"):
         raise ExportError(
