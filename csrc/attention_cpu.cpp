@@ -1,17 +1,18 @@
 // powerbert::attention_significance_cpu: fused multi-head attention with PoWER-BERT's significance on
 // the CPU.
 //
-// One parallel region per call. The work is split into tasks of (batch row, head, block of query rows);
+// One call of the extension's task pool (powerbert/task_pool.h: no barrier that waits for a descheduled
+// thread) per call. The work is split into tasks of (batch row, head, block of query rows);
 // each task runs scale * Q_blk K^T (BLAS), the masked softmax and the significance votes of its rows
 // (cpu_attention.h) and P_blk V (BLAS) straight into the output, so no more than one block of the
 // N x N probabilities exists per thread and the strided q/k/v views of the projections are read in
 // place (no layout copies). Threads take tasks from a shared counter rather than a fixed slice, so a
-// thread descheduled by another process delays the call by one task, not by its whole share.
+// thread descheduled by another process delays the call by one task, not by its whole share, and one that
+// has not started is not waited for.
 //
 // Results do not depend on the number of threads or on the rest of the batch: the block size depends on
 // N alone, every task writes only its own output rows and its own partial votes, and the partial votes
 // are added up afterwards in a fixed order.
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
@@ -26,50 +27,23 @@
 #include <climits>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "ops.h"
 #include "powerbert/cpu_attention.h"
-
-// The Fortran BLAS single-precision GEMM that PyTorch's CPU builds link in and export (MKL on x86-64,
-// OpenBLAS elsewhere), the one its own CPU flash attention calls per block. Weak, so that the extension
-// still loads against a build without it and falls back to at::addmm.
-extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-                       const float* beta, float* c, const int* ldc) __attribute__((weak));
-// MKL's per-thread thread count, C interface (returns the previous one; 0 = the global setting). Set to
-// 1 around the tasks: inside an OpenMP region MKL runs sequentially anyway, but a call small enough to
-// stay on the calling thread is outside one, and its small GEMMs must not wake MKL's threads either.
-extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
+#include "powerbert/cpu_blas.h"
+#include "powerbert/task_pool.h"
 
 namespace powerbert {
 
-namespace {
-
-// While alive, this thread's BLAS calls run sequentially (where the BLAS is MKL).
-struct SequentialBlas {
-  int previous = 0;
-  SequentialBlas() {
-    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
-  }
-  ~SequentialBlas() {
-    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
-  }
-  SequentialBlas(const SequentialBlas&) = delete;
-  SequentialBlas& operator=(const SequentialBlas&) = delete;
-};
-
-// Row-major C (m, n) = alpha * A (m, k) @ B (k, n), or @ B^T when B is given as (n, k) (b_transposed);
-// each matrix with its own row stride. Called from inside the parallel region: BLAS runs sequentially
-// there, one GEMM per task and thread.
 void gemm_rows(bool b_transposed, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-               const float* b, int64_t ldb, float* c, int64_t ldc) {
+               const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   const bool fits = std::max({m, n, k, lda, ldb, ldc}) < INT_MAX;
   if (sgemm_ != nullptr && fits) {
     // Column-major BLAS sees the transposes: C^T (n, m) = op(B)^T (n, k) A^T (k, m).
     const char ta = b_transposed ? 'T' : 'N', tb = 'N';
     const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
     const int LDA = static_cast<int>(ldb), LDB = static_cast<int>(lda), LDC = static_cast<int>(ldc);
-    const float beta = 0.f;
     sgemm_(&ta, &tb, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
     return;
   }
@@ -78,8 +52,10 @@ void gemm_rows(bool b_transposed, int64_t m, int64_t n, int64_t k, float alpha, 
   const at::Tensor Bm = b_transposed ? at::from_blob(const_cast<float*>(b), {n, k}, {ldb, 1}, options).t()
                                      : at::from_blob(const_cast<float*>(b), {k, n}, {ldb, 1}, options);
   at::Tensor C = at::from_blob(c, {m, n}, {ldc, 1}, options);
-  at::addmm_out(C, C, A, Bm, 0, alpha);
+  at::addmm_out(C, C, A, Bm, beta, alpha);
 }
+
+namespace {
 
 // Query rows per task: a block of scores of at most 128 x 128 floats (64 KiB, within L2 beside K and V)
 // and at least 32 rows so the GEMMs stay efficient; a function of N alone (see the header comment).
@@ -133,55 +109,55 @@ void attention_tasks(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   constexpr bool wide = std::is_same_v<T, float>;
   const int64_t scratch_floats = R * N + N + (wide ? 0 : 2 * N * d + 2 * R * d) + (R + 3) / 4;
   const int64_t macs = B * H * N * N * d * 2;
-  const int64_t slots = macs < kMinParallelMacs ? 1 : std::min<int64_t>(tasks, at::get_num_threads());
+  const int64_t slots = macs < kMinParallelMacs ? 1 : std::min<int64_t>(tasks, task_threads());
   at::Tensor scratch = at::empty({slots, scratch_floats}, q.options().dtype(at::kFloat));
   float* scratch_ptr = scratch.data_ptr<float>();
-  std::atomic<int64_t> next{0};
+  // Per slot: the (batch row, head) whose K, V and padding bias its scratch holds (consecutive tasks of
+  // one thread often share them).
+  std::vector<int64_t> slot_bh(slots, -1);
 
-  at::parallel_for(0, slots, 1, [&](int64_t slot_begin, int64_t) {
-    const SequentialBlas sequential;
-    float* scores = scratch_ptr + slot_begin * scratch_floats;
+  run_tasks(tasks, slots, [&](int64_t task, int slot) {
+    float* scores = scratch_ptr + slot * scratch_floats;
     float* bias = scores + R * N;
     float* k32 = bias + N;
     float* v32 = k32 + (wide ? 0 : N * d);
     float* q32 = v32 + (wide ? 0 : N * d);
     float* o32 = q32 + (wide ? 0 : R * d);
     u8* row_real = reinterpret_cast<u8*>(o32 + (wide ? 0 : R * d));
-    int64_t last_bh = -1;
-    const float* kf = nullptr;
-    const float* vf = nullptr;
-    int64_t ldkf = 0, ldvf = 0;
-    for (int64_t task = next.fetch_add(1, std::memory_order_relaxed); task < tasks;
-         task = next.fetch_add(1, std::memory_order_relaxed)) {
-      const int64_t bh = task / blocks, block = task % blocks;
-      const int64_t b = bh / H, h = bh % H;
-      const int64_t row0 = block * R, rows = std::min(R, N - row0);
-      const u8* mask_row = mask_ptr + b * mask_sb;
-      if (bh != last_bh) {
-        // K, V and the padding bias of this (batch row, head); kept while consecutive tasks share them.
-        kf = as_float(k_ptr + b * k.stride(0) + h * k.stride(2), ldk, N, d, k32, &ldkf);
-        vf = as_float(v_ptr + b * v.stride(0) + h * v.stride(2), ldv, N, d, v32, &ldvf);
-        for (int64_t w = 0; w < N; ++w) bias[w] = mask_row[w * mask_sn] ? 0.f : -FLT_MAX;
-        last_bh = bh;
-      }
-      for (int64_t r = 0; r < rows; ++r) row_real[r] = mask_row[(row0 + r) * mask_sn] ? 1 : 0;
-      int64_t ldqf = 0;
-      const float* qf = as_float(q_ptr + b * q.stride(0) + row0 * q.stride(1) + h * q.stride(2), ldq, rows, d, q32,
-                                 &ldqf);
-      // scores (rows, N) = scale * Q_blk K^T.
-      gemm_rows(true, rows, N, d, static_cast<float>(scale), qf, ldqf, kf, ldkf, scores, N);
-      float* votes = votes_ptr + task * N;
-      std::fill(votes, votes + N, 0.f);
-      cpu::softmax_votes_rows(scores, bias, row_real, rows, N, row0, exclude_self, votes);
-      // out rows (rows, d) = P V, written in place for float.
-      T* out_block = out_ptr + (b * N + row0) * ldo + h * d;
-      if constexpr (wide) {
-        gemm_rows(false, rows, d, N, 1.f, scores, N, vf, ldvf, out_block, ldo);
-      } else {
-        gemm_rows(false, rows, d, N, 1.f, scores, N, vf, ldvf, o32, d);
-        for (int64_t r = 0; r < rows; ++r) {
-          for (int64_t j = 0; j < d; ++j) out_block[r * ldo + j] = static_cast<T>(o32[r * d + j]);
-        }
+    const int64_t bh = task / blocks, block = task % blocks;
+    const int64_t b = bh / H, h = bh % H;
+    const int64_t row0 = block * R, rows = std::min(R, N - row0);
+    const u8* mask_row = mask_ptr + b * mask_sb;
+    const T* k_bh = k_ptr + b * k.stride(0) + h * k.stride(2);
+    const T* v_bh = v_ptr + b * v.stride(0) + h * v.stride(2);
+    int64_t ldkf = ldk, ldvf = ldv;
+    const float* kf = wide ? reinterpret_cast<const float*>(k_bh) : k32;
+    const float* vf = wide ? reinterpret_cast<const float*>(v_bh) : v32;
+    if (!wide) ldkf = ldvf = d;
+    if (slot_bh[slot] != bh) {
+      // K, V and the padding bias of this (batch row, head), widened into the slot's scratch.
+      as_float(k_bh, ldk, N, d, k32, &ldkf);
+      as_float(v_bh, ldv, N, d, v32, &ldvf);
+      for (int64_t w = 0; w < N; ++w) bias[w] = mask_row[w * mask_sn] ? 0.f : -FLT_MAX;
+      slot_bh[slot] = bh;
+    }
+    for (int64_t r = 0; r < rows; ++r) row_real[r] = mask_row[(row0 + r) * mask_sn] ? 1 : 0;
+    int64_t ldqf = 0;
+    const float* qf =
+        as_float(q_ptr + b * q.stride(0) + row0 * q.stride(1) + h * q.stride(2), ldq, rows, d, q32, &ldqf);
+    // scores (rows, N) = scale * Q_blk K^T.
+    gemm_rows(true, rows, N, d, static_cast<float>(scale), qf, ldqf, kf, ldkf, 0.f, scores, N);
+    float* votes = votes_ptr + task * N;
+    std::fill(votes, votes + N, 0.f);
+    cpu::softmax_votes_rows(scores, bias, row_real, rows, N, row0, exclude_self, votes);
+    // out rows (rows, d) = P V, written in place for float.
+    T* out_block = out_ptr + (b * N + row0) * ldo + h * d;
+    if constexpr (wide) {
+      gemm_rows(false, rows, d, N, 1.f, scores, N, vf, ldvf, 0.f, out_block, ldo);
+    } else {
+      gemm_rows(false, rows, d, N, 1.f, scores, N, vf, ldvf, 0.f, o32, d);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t j = 0; j < d; ++j) out_block[r * ldo + j] = static_cast<T>(o32[r * d + j]);
       }
     }
   });

@@ -16,6 +16,7 @@
 
 #include "ops.h"
 #include "powerbert/cpu_kernels.h"
+#include "powerbert/task_pool.h"
 
 #ifndef POWERBERT_WITH_CUDA
 #define POWERBERT_WITH_CUDA 0
@@ -166,22 +167,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_gather_ext_cpu(const at::T
                       mask_out_ptr + b * keep);
     }
   };
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  if (B >= 2 * threads && B * keep * row_bytes >= (int64_t(1) << 18)) {
-    // Enough rows for every thread: one parallel region, each task selecting a row and copying its kept
-    // vectors while they are hot. (Each parallel region costs a thread wake-up and a barrier.)
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      select_rows(begin, end);
-      if (row_bytes > 0) cpu::gather_rows(src, sb, sn, idx_ptr, keep, row_bytes, dst, begin * keep, end * keep);
+  // On the extension's task pool (powerbert/task_pool.h): no barrier waits for a descheduled thread.
+  const int64_t threads = task_threads();
+  const bool big = B * keep * row_bytes >= (int64_t(1) << 18);
+  if (B >= 2 * threads && big) {
+    // Enough rows for every thread: a task selects one row and copies its kept vectors while they are hot.
+    run_tasks(B, threads, [&](int64_t b, int) {
+      select_rows(b, b + 1);
+      if (row_bytes > 0) cpu::gather_rows(src, sb, sn, idx_ptr, keep, row_bytes, dst, b * keep, (b + 1) * keep);
     });
     return {hidden_kept, mask_kept, indices};
   }
-  // Few rows: select them, then split the copy over all B * keep kept vectors so that every thread
-  // copies; pieces of at least 256 KiB amortise waking the threads.
-  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 16) / N), select_rows);
+  // Few rows (or little to copy): select them, then split the copy of all B * keep kept vectors into
+  // pieces of at least 256 KiB so that every thread copies.
+  run_tasks(B, B * N >= (int64_t(1) << 16) ? threads : 1, [&](int64_t b, int) { select_rows(b, b + 1); });
   if (row_bytes > 0) {
-    at::parallel_for(0, B * keep, std::max<int64_t>(1, (int64_t(1) << 18) / row_bytes), [&](int64_t begin, int64_t end) {
-      cpu::gather_rows(src, sb, sn, idx_ptr, keep, row_bytes, dst, begin, end);
+    const int64_t total = B * keep;
+    const int64_t pieces = std::max<int64_t>(1, std::min(4 * threads, total * row_bytes / (int64_t(1) << 18)));
+    run_tasks(pieces, threads, [&](int64_t piece, int) {
+      cpu::gather_rows(src, sb, sn, idx_ptr, keep, row_bytes, dst, total * piece / pieces,
+                       total * (piece + 1) / pieces);
     });
   }
   return {hidden_kept, mask_kept, indices};
@@ -198,6 +203,10 @@ TORCH_LIBRARY(powerbert, m) {
   m.def(
       "attention_significance_cpu(Tensor q, Tensor k, Tensor v, Tensor mask, float scale, bool exclude_self) -> "
       "(Tensor, Tensor)");
+  // CPU only (dense_cpu.cpp): dense layers with their bias, GELU, residual and LayerNorm fused.
+  m.def(
+      "dense_cpu(Tensor x, Tensor[] weights, Tensor?[] biases, str activation='none', Tensor? residual=None, "
+      "Tensor? norm_weight=None, Tensor? norm_bias=None, float eps=1e-12) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(powerbert, CPU, m) {
@@ -238,8 +247,8 @@ PyMethodDef methods[] = {
 PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     "_C",
-    "PoWER-BERT compiled extension: registers powerbert::significance_from_probs, powerbert::select_gather_ext "
-    "and powerbert::attention_significance_cpu.",
+    "PoWER-BERT compiled extension: registers powerbert::significance_from_probs, powerbert::select_gather_ext, "
+    "powerbert::attention_significance_cpu and powerbert::dense_cpu.",
     -1,
     methods,
 };

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from tolerance import assert_close_to_reference
 from transformers import (
     AutoModel,
     BertConfig,
@@ -40,17 +41,37 @@ def minilm(request, minilm_path):
     return AutoModel.from_pretrained(minilm_path, attn_implementation=request.param).eval()
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_full_retention_equals_stock_minilm(minilm, minilm_tokenizer, side):
+def test_full_retention_equals_stock_minilm(minilm, minilm_tokenizer, side, backend, monkeypatch):
+    """Keeping everything reproduces the stock model. On the torch backend the layers run the stock
+    modules' composition (within 1e-5); with the fused kernels (ext on the CPU: attention and the dense
+    layers with their epilogues), the float32 output is as close to the float64 stock model as twice the
+    stock float32 model's own error (the kernels' rule, over the whole model)."""
+    monkeypatch.setenv("POWERBERT_BACKEND", backend)
     batch = encode(minilm_tokenizer, side)
     N = batch["input_ids"].shape[1]
     patched = apply_power_bert(copy.deepcopy(minilm), [N] * 6)
     with torch.no_grad():
         want = minilm(**batch)
         got = patched(**batch)
+        want64 = copy.deepcopy(minilm).double()(**batch)
     assert isinstance(got, BaseModelOutputWithPoolingAndCrossAttentions)
-    assert (got.last_hidden_state - want.last_hidden_state).abs().max() <= 1e-5
-    assert (got.pooler_output - want.pooler_output).abs().max() <= 1e-5
+    real = batch["attention_mask"].bool()
+    if backend == "torch":
+        assert (got.last_hidden_state - want.last_hidden_state).abs().max() <= 1e-5
+        assert (got.pooler_output - want.pooler_output).abs().max() <= 1e-5
+    else:
+        assert_close_to_reference(
+            "last_hidden_state",
+            got.last_hidden_state[real],
+            want64.last_hidden_state[real],
+            want.last_hidden_state[real],
+            torch.float32,
+        )
+        assert_close_to_reference(
+            "pooler_output", got.pooler_output, want64.pooler_output, want.pooler_output, torch.float32
+        )
     assert torch.equal(got.kept_indices, torch.arange(N).expand(len(SENTENCES), N))
 
 

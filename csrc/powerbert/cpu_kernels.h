@@ -47,7 +47,7 @@ inline bool cpu_has_avx2() { return false; }
 #define PB_CPU_VARIANTS(name, body, params, args)              \
   PB_TARGET_AVX2 static void name##_avx2 params { body args; } \
   static void name##_baseline params { body args; }            \
-  static void name params {                                    \
+  __attribute__((unused)) static void name params {           \
     if (cpu_has_avx2()) {                                      \
       name##_avx2 args;                                        \
     } else {                                                   \

@@ -13,6 +13,16 @@ Importing this module fails, with the reason, when the compiled extension is not
   ``powerbert::significance_from_probs`` (one read of the block, no vote matrix, the diagonal left out
   in the same pass): what a GPU without fused Triton attention (before Volta) runs.
 
+- ``dense`` (an optional fusion, CPU float32 inference only): ``powerbert::dense_cpu``, an encoder
+  layer's dense layers with their bias, GELU, residual and LayerNorm in one call: tasks of (block of
+  rows, block of output columns), each a sequential BLAS GEMM and the epilogue of its block, the
+  LayerNorm of a row block done by whichever task completes its last column block.
+
+The CPU kernels run their tasks on the extension's own thread pool (``csrc/powerbert/task_pool.h``), not
+in OpenMP regions: the caller returns when the tasks are done, without a barrier that waits for a thread
+the OS has descheduled, so a patched model on a machine busy with other processes does not get slower
+with more threads.
+
 Where it is picked automatically: on CUDA whenever the kernels were built for the GPU (after Triton in
 the dispatch order, so on GPUs Triton cannot serve); on the CPU for both ops. Select-and-gather measured
 4-10x faster than the reference (benchmarks/results/ext_cpu.md). The fused attention does the
@@ -21,16 +31,21 @@ no bias tensor, one parallel region per call instead of four per block of query 
 and a barrier that waits for the slowest thread), and dynamic task assignment, so a thread descheduled
 by another process holds the call up by one task only. Single-threaded it took less than half the
 reference's CPU time at B=16, N=128 (about SDPA's, which computes no significance);
+``benchmarks/profile_cpu.py`` shows the per-op times of whole forwards;
 ``benchmarks/test_bench_ext.py -k cpu_attention`` measures it against both.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from types import ModuleType
 
 import torch
 
+from ..ops._imports import when_imported
 from ..ops.attention import blocked_attention
+from ..ops.dense import dense_flops
 from ..ops.dispatch import OpBackend, OpInputs
 from . import LOAD_ERROR, build_info
 
@@ -146,4 +161,59 @@ class ExtSelectGather(ExtBackend):
         return torch.ops.powerbert.select_gather_ext(hidden, significance, mask, keep)
 
 
-IMPLEMENTATIONS = (ExtAttention, ExtSelectGather)
+def has_cpu_dense() -> bool:
+    """Whether the loaded extension registers the fused CPU dense layer (a build from older sources does not)."""
+    return hasattr(torch.ops.powerbert, "dense_cpu")
+
+
+class ExtDense(ExtBackend):
+    """The fused CPU dense layer (``powerbert::dense_cpu``): GEMMs and epilogue in one task pool call."""
+
+    op = "dense"
+    devices = frozenset({"cpu"})
+    dtypes = (torch.float32,)
+
+    @classmethod
+    def not_supported_reasons(cls, inputs: OpInputs) -> list[str]:
+        reasons = super().not_supported_reasons(inputs)
+        if getattr(inputs, "needs_grad", False):
+            reasons.append("it has no backward pass (gradients are needed)")
+        if inputs.device.type == "cpu" and not has_cpu_dense():
+            reasons.append(
+                STALE_BUILD_REASON.replace(
+                    "fused CPU attention (powerbert::attention_significance_cpu)",
+                    "fused CPU dense layer (powerbert::dense_cpu)",
+                )
+            )
+        return reasons
+
+    @staticmethod
+    def apply(
+        hidden: torch.Tensor,
+        weights: list[torch.Tensor],
+        biases: list[torch.Tensor | None],
+        activation: str,
+        residual: torch.Tensor | None,
+        norm_weight: torch.Tensor | None,
+        norm_bias: torch.Tensor | None,
+        eps: float,
+    ) -> list[torch.Tensor]:
+        """Shapes as :func:`powerbert_kernels.ops.dense_ref`; the outputs are views of one buffer."""
+        out = torch.ops.powerbert.dense_cpu(hidden, weights, biases, activation, residual, norm_weight, norm_bias, eps)
+        if len(weights) == 1:
+            return [out]
+        return list(out.split([w.shape[0] for w in weights], dim=-1))
+
+
+def _register_flop_formula(flop_counter: ModuleType) -> None:
+    # PyTorch's FLOP counter counts the GEMMs of the composition; the fused op counts the same.
+    @flop_counter.register_flop_formula(torch.ops.powerbert.dense_cpu)
+    def _(x_shape, weight_shapes, *args, out_shape=None, **kwargs) -> int:
+        rows = math.prod(x_shape[:-1])
+        return dense_flops(rows, x_shape[-1], sum(shape[0] for shape in weight_shapes))
+
+
+if has_cpu_dense():
+    when_imported("torch.utils.flop_counter", _register_flop_formula)
+
+IMPLEMENTATIONS = (ExtAttention, ExtSelectGather, ExtDense)

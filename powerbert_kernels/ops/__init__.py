@@ -1,15 +1,18 @@
-"""The PoWER-BERT ops: attention with significance, and select-and-gather.
+"""The PoWER-BERT ops: attention with significance, select-and-gather, and the fused dense layers around them.
 
 Each op has one home, its module here: the pure-PyTorch reference (``*_ref``), the public function that
 checks its arguments, and the one torch custom op in the ``powerbert`` namespace (fake implementation,
 autograd formula, FLOP formula) whose body runs the backend the dispatcher picked (see :mod:`.dispatch`).
 The backends (:mod:`.torch_backend`, :mod:`powerbert_kernels.triton.backend`,
 :mod:`powerbert_kernels.ext.backend`) are implementations behind those ops, imported on first use.
+The dense layers (:mod:`.dense`) are an optional fusion: their reference is the Hugging Face modules'
+plain composition, and only the ``ext`` backend fuses them (on the CPU).
 Local (sliding-window) attention in original positions (:mod:`.local_attention`, for ModernBERT's local
 layers) exists only in pure PyTorch and is plain differentiable PyTorch, not a dispatched custom op.
 """
 
 from .attention import attention, attention_flops, attention_with_significance, attention_with_significance_ref
+from .dense import dense, dense_flops, dense_projections, dense_ref
 from .dispatch import (
     BACKENDS,
     ENV_VAR,
@@ -40,6 +43,10 @@ __all__ = [
     "attention_flops",
     "attention_with_significance",
     "attention_with_significance_ref",
+    "dense",
+    "dense_flops",
+    "dense_projections",
+    "dense_ref",
     "available_backends",
     "backend_report",
     "cls_positions",

@@ -47,7 +47,10 @@ BACKEND_MODULES: dict[str, str] = {
 raises on import when the backend cannot be used here (the message becomes :func:`missing_reason`)."""
 
 OPS: tuple[str, ...] = ("attention_with_significance", "select_gather")
-"""The dispatched ops (each a custom op ``powerbert::<name>``)."""
+"""The dispatched ops (each a custom op ``powerbert::<name>``), which every backend implements."""
+
+OPTIONAL_OPS: tuple[str, ...] = ("dense",)
+"""Fusions some backends implement (see :func:`resolve_optional`); the torch backend's is the reference."""
 
 
 class BackendUnavailableError(RuntimeError):
@@ -305,6 +308,24 @@ def resolve(op: str, inputs: OpInputs, backend: str | None = None) -> str:
             return name
         skipped.append(f"{name}: " + "; ".join(reasons))
     raise BackendUnavailableError(f"no backend can run {op} for {inputs.describe()}: " + " | ".join(skipped))
+
+
+def resolve_optional(op: str, inputs: OpInputs, backend: str | None = None) -> str:
+    """Pick the backend that runs an optional fusion (one of :data:`OPTIONAL_OPS`).
+
+    As :func:`resolve`, except that a forced backend that cannot run the call (one without the fusion,
+    or one that declines these inputs) gives ``"torch"``, the reference composition, instead of an
+    error: a fusion is an optimisation with the reference's semantics, and forcing a backend for the
+    main ops must not break the layers around them.
+    """
+    forced = requested_backend(backend)
+    if forced is not None and not _reasons(op, forced, inputs, automatic=False):
+        return forced
+    if forced is None:
+        for name in BACKENDS:
+            if not _reasons(op, name, inputs, automatic=True):
+                return name
+    return "torch"
 
 
 def implementation(op: str, backend: str) -> Callable[..., object]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .attention import attention_with_significance_ref
+from .dense import dense_ref
 from .dispatch import OpBackend
 from .select_gather import select_gather_ref
 
@@ -44,4 +45,16 @@ class TorchSelectGather(OpBackend):
         return select_gather_ref(hidden, significance, mask, keep)
 
 
-IMPLEMENTATIONS = (TorchAttention, TorchSelectGather)
+class TorchDense(OpBackend):
+    """:func:`~powerbert_kernels.ops.dense_ref`, the Hugging Face modules' composition."""
+
+    op = "dense"
+    name = "torch"
+    devices = None
+
+    @staticmethod
+    def apply(*args: object) -> list[torch.Tensor]:
+        return dense_ref(*args)
+
+
+IMPLEMENTATIONS = (TorchAttention, TorchSelectGather, TorchDense)

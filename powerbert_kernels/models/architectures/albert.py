@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import register_adapter
+from .base import dense_activation, dense_norm, dropout_active, projections, register_adapter
 from .bert import BertAdapter
 
 
@@ -50,19 +50,18 @@ class AlbertAdapter(BertAdapter):
         attn = layer.attention
         B, n, _ = hidden.shape
         shape = (B, n, attn.num_attention_heads, attn.attention_head_size)
-        return (
-            attn.query(hidden).view(shape),
-            attn.key(hidden).view(shape),
-            attn.value(hidden).view(shape),
-            attn.attention_head_size**-0.5,
-        )
+        q, k, v = projections((attn.query, attn.key, attn.value), hidden, shape)
+        return q, k, v, attn.attention_head_size**-0.5
 
     def attention_output(self, layer, attn, hidden):
         block = layer.attention
-        return block.LayerNorm(hidden + block.output_dropout(block.dense(attn)))
+        if dropout_active(block.output_dropout):
+            return block.LayerNorm(hidden + block.output_dropout(block.dense(attn)))
+        return dense_norm(block.dense, attn, hidden, block.LayerNorm)
 
     def feed_forward(self, layer, hidden):
-        return layer.full_layer_layer_norm(layer.ff_chunk(hidden) + hidden)
+        inner = dense_activation(layer.ffn, hidden, layer.activation)
+        return dense_norm(layer.ffn_output, inner, hidden, layer.full_layer_layer_norm)
 
     def pool(self, base, hidden):
         if base.pooler is None:

@@ -5,7 +5,52 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ... import ops
+
+
+def dropout_active(dropout: nn.Module) -> bool:
+    """Whether a dropout module changes its input (training with p > 0): then the layers run their own
+    modules, whose dropout sits between the dense layer and the residual."""
+    return dropout.training and float(getattr(dropout, "p", 0.0)) > 0
+
+
+def exact_gelu(activation: object) -> bool:
+    """Whether an activation module is the exact (erf) GELU that :func:`ops.dense` fuses: transformers'
+    ``GELUActivation`` on ``F.gelu`` or ``nn.GELU()``."""
+    if isinstance(activation, nn.GELU):
+        return activation.approximate == "none"
+    return type(activation).__name__ == "GELUActivation" and getattr(activation, "act", None) is F.gelu
+
+
+def dense_norm(linear: nn.Linear, hidden: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(linear(hidden) + residual)`` as one :func:`ops.dense` call, for a layer whose dropout is off."""
+    if norm.weight is None or norm.bias is None:  # a LayerNorm without affine parameters: not fused
+        return norm(linear(hidden) + residual)
+    return ops.dense(
+        hidden,
+        linear.weight,
+        linear.bias,
+        residual=residual,
+        norm_weight=norm.weight,
+        norm_bias=norm.bias,
+        eps=norm.eps,
+    )
+
+
+def dense_activation(linear: nn.Linear, hidden: torch.Tensor, activation: nn.Module) -> torch.Tensor:
+    """``activation(linear(hidden))``, as one :func:`ops.dense` call when the activation is the exact GELU."""
+    if exact_gelu(activation):
+        return ops.dense(hidden, linear.weight, linear.bias, activation="gelu")
+    return activation(ops.dense(hidden, linear.weight, linear.bias))
+
+
+def projections(linears: Sequence[nn.Linear], hidden: torch.Tensor, shape: Sequence[int]) -> list[torch.Tensor]:
+    """Each linear applied to ``hidden`` (one :func:`ops.dense_projections` call), viewed as ``shape``."""
+    outputs = ops.dense_projections(hidden, [lin.weight for lin in linears], [lin.bias for lin in linears])
+    return [y.view(shape) for y in outputs]
 
 
 class EncoderAdapter:

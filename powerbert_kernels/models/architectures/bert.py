@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import EncoderAdapter, register_adapter
+from .base import EncoderAdapter, dense_activation, dense_norm, dropout_active, projections, register_adapter
 
 
 class BertAdapter(EncoderAdapter):
@@ -40,18 +40,21 @@ class BertAdapter(EncoderAdapter):
         attn = layer.attention.self
         B, n, _ = hidden.shape
         shape = (B, n, attn.num_attention_heads, attn.attention_head_size)
-        return (
-            attn.query(hidden).view(shape),
-            attn.key(hidden).view(shape),
-            attn.value(hidden).view(shape),
-            attn.attention_head_size**-0.5,
-        )
+        q, k, v = projections((attn.query, attn.key, attn.value), hidden, shape)
+        return q, k, v, attn.attention_head_size**-0.5
 
     def attention_output(self, layer, attn, hidden):
-        return layer.attention.output(attn, hidden)
+        out = layer.attention.output
+        if dropout_active(out.dropout):
+            return out(attn, hidden)
+        return dense_norm(out.dense, attn, hidden, out.LayerNorm)
 
     def feed_forward(self, layer, hidden):
-        return layer.output(layer.intermediate(hidden), hidden)
+        inner = dense_activation(layer.intermediate.dense, hidden, layer.intermediate.intermediate_act_fn)
+        out = layer.output
+        if dropout_active(out.dropout):
+            return out(inner, hidden)
+        return dense_norm(out.dense, inner, hidden, out.LayerNorm)
 
     def pool(self, base, hidden):
         return base.pooler(hidden) if base.pooler is not None else None

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import EncoderAdapter, register_adapter
+from .base import EncoderAdapter, dense_activation, dense_norm, dropout_active, projections, register_adapter
 
 
 class DistilBertAdapter(EncoderAdapter):
@@ -27,18 +27,18 @@ class DistilBertAdapter(EncoderAdapter):
         attn = layer.attention
         B, n, _ = hidden.shape
         shape = (B, n, attn.n_heads, attn.attention_head_size)
-        return (
-            attn.q_lin(hidden).view(shape),
-            attn.k_lin(hidden).view(shape),
-            attn.v_lin(hidden).view(shape),
-            attn.attention_head_size**-0.5,
-        )
+        q, k, v = projections((attn.q_lin, attn.k_lin, attn.v_lin), hidden, shape)
+        return q, k, v, attn.attention_head_size**-0.5
 
     def attention_output(self, layer, attn, hidden):
-        return layer.sa_layer_norm(layer.attention.out_lin(attn) + hidden)
+        return dense_norm(layer.attention.out_lin, attn, hidden, layer.sa_layer_norm)
 
     def feed_forward(self, layer, hidden):
-        return layer.output_layer_norm(layer.ffn(hidden) + hidden)
+        ffn = layer.ffn
+        if dropout_active(ffn.dropout):
+            return layer.output_layer_norm(ffn(hidden) + hidden)
+        inner = dense_activation(ffn.lin1, hidden, ffn.activation)
+        return dense_norm(ffn.lin2, inner, hidden, layer.output_layer_norm)
 
     def dims(self, config) -> dict[str, int]:
         return {
