@@ -189,7 +189,13 @@ def _extensions() -> tuple[list, dict]:
         )
     )
 
-    sources = [f"{CSRC}/ops.cpp", f"{CSRC}/attention_cpu.cpp", f"{CSRC}/dense_cpu.cpp", f"{CSRC}/task_pool.cpp"]
+    sources = [
+        f"{CSRC}/ops.cpp",
+        f"{CSRC}/attention_cpu.cpp",
+        f"{CSRC}/dense_cpu.cpp",
+        f"{CSRC}/task_pool.cpp",
+        f"{CSRC}/cpu_blas.cpp",
+    ]
     macros = [("POWERBERT_WITH_CUDA", "1" if with_cuda else "0")]
     # -O3 for the vectorised column sums; -g0 keeps the build quick and the library small. PyTorch adds
     # the C++ standard its headers need.

@@ -8,16 +8,20 @@ when built with a CUDA toolkit, CUDA kernels that run on every GPU from the Kepl
 - ``powerbert::select_gather_ext(hidden, significance, mask, keep)``: select-and-gather with the
   semantics of :func:`powerbert_kernels.ops.select_gather_ref`;
 
-and a CPU-only one:
+and two CPU-only ones:
 
 - ``powerbert::attention_significance_cpu(q, k, v, mask, scale, exclude_self)``: fused multi-head
   attention with significance (the semantics of
-  :func:`powerbert_kernels.ops.attention_with_significance_ref`), one parallel region per call.
+  :func:`powerbert_kernels.ops.attention_with_significance_ref`), one task pool call per call;
+- ``powerbert::dense_cpu(x, weights, biases, activation, residual, norm_weight, norm_bias, eps)``: dense
+  layers with their bias, GELU, residual and LayerNorm (the semantics of
+  :func:`powerbert_kernels.ops.dense_ref`), float32.
 
 They are kernels, not public ops: :mod:`.backend` runs them as the ``ext`` implementations of
 ``powerbert::attention_with_significance`` and ``powerbert::select_gather``, whose fake and autograd
-formulas are the ops' own. Importing this package never fails: without a built extension,
-:data:`LOAD_ERROR` says why, and the dispatcher reports it when ``ext`` is asked for.
+formulas are the ops' own, and of the optional ``dense`` fusion. Importing this package never fails:
+without a built extension, :data:`LOAD_ERROR` says why, and the dispatcher reports it when ``ext`` is
+asked for.
 """
 
 from __future__ import annotations

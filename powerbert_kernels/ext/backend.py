@@ -5,7 +5,7 @@ Importing this module fails, with the reason, when the compiled extension is not
 - ``select_gather``: the C++ / CUDA select-and-gather kernel (no sort: O(N) selection per row on the
   CPU, a rank count per position on the GPU, then a copy of the kept rows).
 - ``attention_with_significance``: on the CPU, the fused C++ kernel
-  ``powerbert::attention_significance_cpu`` (one parallel region per call; per task of (batch row,
+  ``powerbert::attention_significance_cpu`` (one task pool call per call; per task of (batch row,
   head, block of query rows) two BLAS GEMMs and the softmax and significance votes of the block in
   between, reading the projections' strided q/k/v in place). On CUDA, attention computed with PyTorch
   as the reference does (fp32 scores, softmax and probs @ v, block by block over query rows with the
@@ -27,9 +27,9 @@ Where it is picked automatically: on CUDA whenever the kernels were built for th
 the dispatch order, so on GPUs Triton cannot serve); on the CPU for both ops. Select-and-gather measured
 4-10x faster than the reference (benchmarks/results/ext_cpu.md). The fused attention does the
 reference's GEMMs and softmax with none of its work around them: no fp32 layout copies of q, k and v,
-no bias tensor, one parallel region per call instead of four per block of query rows (each a wake-up
-and a barrier that waits for the slowest thread), and dynamic task assignment, so a thread descheduled
-by another process holds the call up by one task only. Single-threaded it took less than half the
+no bias tensor, one task pool call instead of four parallel regions per block of query rows (each a
+wake-up and a barrier that waits for the slowest thread), and dynamic task assignment, so a thread
+descheduled by another process holds the call up by one task only. Single-threaded it took less than half the
 reference's CPU time at B=16, N=128 (about SDPA's, which computes no significance);
 ``benchmarks/profile_cpu.py`` shows the per-op times of whole forwards;
 ``benchmarks/test_bench_ext.py -k cpu_attention`` measures it against both.
