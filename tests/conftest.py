@@ -130,3 +130,15 @@ def minilm_tokenizer(minilm_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture
+def require_extension() -> None:
+    """Skip a test when the compiled extension is not built here (fail it under CI=true, where it must be)."""
+    from powerbert_kernels import ext
+
+    if ext.is_loaded():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true: the compiled extension must be built and load: {ext.LOAD_ERROR}")
+    pytest.skip(f"compiled extension not available: {ext.LOAD_ERROR}")

@@ -7,24 +7,16 @@ after the allocator was filled with NaN, so an element the kernel never writes f
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from powerbert_kernels import ext, ops
+from powerbert_kernels import ops
 from powerbert_kernels.ops import attention_with_significance_ref
 
 FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 
 
-@pytest.fixture(autouse=True)
-def _require_extension():
-    if ext.is_loaded():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true: the compiled extension must be built and load: {ext.LOAD_ERROR}")
-    pytest.skip(f"compiled extension not available: {ext.LOAD_ERROR}")
+pytestmark = pytest.mark.usefixtures("require_extension")
 
 
 def make_mask(B: int, N: int, padding: str, g: torch.Generator) -> torch.Tensor:

@@ -16,18 +16,11 @@ import torch
 import torch.nn.functional as F
 from tolerance import assert_close_to_reference
 
-from powerbert_kernels import ext, ops
+from powerbert_kernels import ops
 from powerbert_kernels.ops import dense_ref
 from powerbert_kernels.ops.dense import DenseInputs
 
-
-@pytest.fixture(autouse=True)
-def _require_extension():
-    if ext.is_loaded():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true: the compiled extension must be built and load: {ext.LOAD_ERROR}")
-    pytest.skip(f"compiled extension not available: {ext.LOAD_ERROR}")
+pytestmark = pytest.mark.usefixtures("require_extension")
 
 
 def fused(*args):

@@ -8,7 +8,6 @@ extension is a failure so that a broken build cannot hide.
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 import torch
@@ -25,13 +24,7 @@ gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 DEVICES = ("cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu]))
 
 
-@pytest.fixture(autouse=True)
-def _require_extension():
-    if ext.is_loaded():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true: the compiled extension must be built and load: {ext.LOAD_ERROR}")
-    pytest.skip(f"compiled extension not available: {ext.LOAD_ERROR}")
+pytestmark = pytest.mark.usefixtures("require_extension")
 
 
 def make_mask(B: int, N: int, padding: str, g: torch.Generator) -> torch.Tensor:
