@@ -18,6 +18,7 @@ operation, so a patched model on that path computes exactly what the stock model
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -119,16 +120,18 @@ def _run(hidden, weights, biases, activation, residual, norm_weight, norm_bias, 
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return dense_ref(*args)
     _check(*args)
-    inputs = DenseInputs(
-        hidden.device,
-        hidden.dtype,
-        rows=hidden.numel() // max(1, hidden.shape[-1]),
-        in_features=hidden.shape[-1],
-        out_features=sum(w.shape[0] for w in weights),
-        needs_grad=_needs_grad(hidden, residual, norm_weight, norm_bias, *weights, *biases),
-    )
-    name = dispatch.resolve_optional(OP, inputs, backend)
+    needs_grad = _needs_grad(hidden, residual, norm_weight, norm_bias, *weights, *biases)
+    name = _backend(dispatch.requested_backend(backend), hidden.device, hidden.dtype, needs_grad)
     return dispatch.implementation(OP, name)(*args)
+
+
+@functools.lru_cache(maxsize=256)
+def _backend(forced: str | None, device: torch.device, dtype: torch.dtype, needs_grad: bool) -> str:
+    # Whether a backend runs the fusion depends on the device, the dtype and gradients alone, never on
+    # the sizes: the choice is made once per combination. A dense layer is called four times per encoder
+    # layer, and a per-call choice cost more than the fused kernel's own overhead on small inputs.
+    inputs = DenseInputs(device, dtype, rows=0, in_features=0, out_features=0, needs_grad=needs_grad)
+    return dispatch.resolve_optional(OP, inputs, forced)
 
 
 def dense(
