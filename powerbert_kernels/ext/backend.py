@@ -56,10 +56,15 @@ _BUILD = build_info()
 DETAIL = "C++ CPU kernels" + (f"; CUDA kernels for {_BUILD['cuda_archs']}" if _BUILD["cuda"] else "; no CUDA kernels")
 
 
-STALE_BUILD_REASON = (
-    "the loaded extension has no fused CPU attention (powerbert::attention_significance_cpu): it was built "
-    "from older sources; rebuild it with `pip install --no-build-isolation -e .`"
-)
+def stale_build_reason(kernel: str) -> str:
+    """Why a kernel is missing from a loaded extension built from older sources."""
+    return (
+        f"the loaded extension has no {kernel}: it was built from older sources; rebuild it with "
+        "`pip install --no-build-isolation -e .`"
+    )
+
+
+STALE_BUILD_REASON = stale_build_reason("fused CPU attention (powerbert::attention_significance_cpu)")
 
 
 def has_cpu_attention() -> bool:
@@ -179,12 +184,7 @@ class ExtDense(ExtBackend):
         if getattr(inputs, "needs_grad", False):
             reasons.append("it has no backward pass (gradients are needed)")
         if inputs.device.type == "cpu" and not has_cpu_dense():
-            reasons.append(
-                STALE_BUILD_REASON.replace(
-                    "fused CPU attention (powerbert::attention_significance_cpu)",
-                    "fused CPU dense layer (powerbert::dense_cpu)",
-                )
-            )
+            reasons.append(stale_build_reason("fused CPU dense layer (powerbert::dense_cpu)"))
         return reasons
 
     @staticmethod

@@ -47,10 +47,15 @@ def dense_activation(linear: nn.Linear, hidden: torch.Tensor, activation: nn.Mod
     return activation(ops.dense(hidden, linear.weight, linear.bias))
 
 
-def projections(linears: Sequence[nn.Linear], hidden: torch.Tensor, shape: Sequence[int]) -> list[torch.Tensor]:
-    """Each linear applied to ``hidden`` (one :func:`ops.dense_projections` call), viewed as ``shape``."""
+def qkv_projections(
+    linears: Sequence[nn.Linear], hidden: torch.Tensor, heads: int, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """The query, key and value linears applied to ``hidden`` (B, n, D) in one :func:`ops.dense_projections`
+    call, each viewed as (B, n, heads, head_dim), and the score scale ``head_dim ** -0.5``."""
+    B, n, _ = hidden.shape
     outputs = ops.dense_projections(hidden, [lin.weight for lin in linears], [lin.bias for lin in linears])
-    return [y.view(shape) for y in outputs]
+    q, k, v = (y.view(B, n, heads, head_dim) for y in outputs)
+    return q, k, v, head_dim**-0.5
 
 
 class EncoderAdapter:

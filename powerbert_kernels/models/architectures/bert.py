@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import EncoderAdapter, dense_activation, dense_norm, dropout_active, projections, register_adapter
+from .base import EncoderAdapter, dense_activation, dense_norm, dropout_active, qkv_projections, register_adapter
 
 
 class BertAdapter(EncoderAdapter):
@@ -38,10 +38,8 @@ class BertAdapter(EncoderAdapter):
 
     def qkv(self, base, layer, hidden, position_ids):
         attn = layer.attention.self
-        B, n, _ = hidden.shape
-        shape = (B, n, attn.num_attention_heads, attn.attention_head_size)
-        q, k, v = projections((attn.query, attn.key, attn.value), hidden, shape)
-        return q, k, v, attn.attention_head_size**-0.5
+        linears = (attn.query, attn.key, attn.value)
+        return qkv_projections(linears, hidden, attn.num_attention_heads, attn.attention_head_size)
 
     def attention_output(self, layer, attn, hidden):
         out = layer.attention.output

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import EncoderAdapter, dense_activation, dense_norm, dropout_active, projections, register_adapter
+from .base import EncoderAdapter, dense_activation, dense_norm, dropout_active, qkv_projections, register_adapter
 
 
 class DistilBertAdapter(EncoderAdapter):
@@ -25,10 +25,8 @@ class DistilBertAdapter(EncoderAdapter):
 
     def qkv(self, base, layer, hidden, position_ids):
         attn = layer.attention
-        B, n, _ = hidden.shape
-        shape = (B, n, attn.n_heads, attn.attention_head_size)
-        q, k, v = projections((attn.q_lin, attn.k_lin, attn.v_lin), hidden, shape)
-        return q, k, v, attn.attention_head_size**-0.5
+        linears = (attn.q_lin, attn.k_lin, attn.v_lin)
+        return qkv_projections(linears, hidden, attn.n_heads, attn.attention_head_size)
 
     def attention_output(self, layer, attn, hidden):
         return dense_norm(layer.attention.out_lin, attn, hidden, layer.sa_layer_norm)
